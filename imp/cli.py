@@ -1,0 +1,119 @@
+"""The `imp` command: one entry point, t5x-style gin flags.
+
+    imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
+    imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
+    imp data demo --out DIR [--seed N]
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+from imp.errors import ImpError
+
+DEFAULT_RUN = "runs/demo.gin"
+
+
+def _gin_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gin_file", action="append", default=[],
+                        help="gin file (repeatable); resolved against --gin_search_paths and gin/")
+    parser.add_argument("--gin_bindings", action="append", default=[],
+                        help="a gin binding line (repeatable)")
+    parser.add_argument("--gin_search_paths", action="append", default=[],
+                        help="folder to resolve gin files in (repeatable)")
+
+
+def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pulls `--gin.NAME=VALUE` (or `--gin.NAME VALUE`) out of argv as binding lines."""
+    from imp.config import flag_to_binding
+
+    rest, bindings = [], []
+    args = iter(argv)
+    for arg in args:
+        if arg.startswith("--gin."):
+            if "=" in arg:
+                name, value = arg[len("--gin."):].split("=", 1)
+            else:
+                name, value = arg[len("--gin."):], next(args, None)
+                if value is None:
+                    raise ImpError(f"malformed gin flag '{arg}': expected --gin.NAME=VALUE")
+            bindings.append(flag_to_binding(name, value))
+        else:
+            rest.append(arg)
+    return rest, bindings
+
+
+def _configure(args: argparse.Namespace, flag_bindings: list[str]) -> None:
+    from imp import config
+    from imp.tasks import demo  # noqa: F401 - registers prepare_demo with gin
+    from imp.training import loop  # noqa: F401 - registers train and its parts with gin
+
+    config.parse(args.gin_file or [DEFAULT_RUN], [*args.gin_bindings, *flag_bindings],
+                 args.gin_search_paths)
+
+
+def _train(args, flag_bindings) -> int:
+    _configure(args, flag_bindings)
+    from imp.training import loop, report
+
+    summary = loop.train()
+    print(report.format_table(summary))
+    return 0
+
+
+def _model_info(args, flag_bindings) -> int:
+    _configure(args, flag_bindings)
+    from imp.modeling import info
+
+    table = info.model_info()
+    print(json.dumps(table) if args.json else info.format_table(table))
+    return 0
+
+
+def _data_demo(args, flag_bindings) -> int:
+    from imp.data import demo_world
+
+    manifest = demo_world.ensure(args.out, args.seed)
+    for name, d in manifest["datasets"].items():
+        counts = ", ".join(f"{s} {v['num_examples']}" for s, v in d["splits"].items())
+        print(f"{name}: {counts} examples, {d['num_classes']} classes")
+    print(f"demo world in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train (no flags: the embedded demo)")
+    _gin_parser(train)
+    train.set_defaults(run=_train)
+    info = commands.add_parser("model-info", help="parameter counts of the configured model")
+    _gin_parser(info)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=_model_info)
+    data = commands.add_parser("data", help="data tools").add_subparsers(dest="data", required=True)
+    demo = data.add_parser("demo", help="generate the demo world")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_data_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        rest, flag_bindings = _split_gin_flags(argv)
+        args = build_parser().parse_args(rest)
+        return args.run(args, flag_bindings)
+    except ImpError as e:
+        print(f"imp: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

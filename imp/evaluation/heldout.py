@@ -1,0 +1,56 @@
+"""Held-out evaluation of a task: classifier accuracy, or zero-shot classification through
+the text tower with prompt ensembling (CLIP: average the normalised prompt embeddings)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+
+from imp.data import feeding
+from imp.modeling.model import ImpModel
+from imp.tasks.registry import TaskSpec
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apply(model: ImpModel, params, inputs: dict, head: str | None):
+    return model.apply({"params": params}, inputs, head=head)
+
+
+def class_embeddings(model: ImpModel, params, spec: TaskSpec) -> np.ndarray:
+    """`[classes, embed_dim]`: each class's prompts embedded, averaged, re-normalised."""
+    vocabulary = seqio.get_mixture_or_task(spec.name).output_features["text"].vocabulary
+    prompts = [p for per_class in spec.class_prompts for p in per_class]
+    ids = np.zeros((len(prompts), spec.text_length), np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens = vocabulary.encode(prompt)[: spec.text_length]
+        ids[row, : len(tokens)] = tokens
+    text = np.asarray(_apply(model, params, {"text": jnp.asarray(ids)}, None)["embedding/text"])
+    per_class = text.reshape(len(spec.class_prompts), -1, text.shape[-1]).mean(1)
+    return per_class / np.linalg.norm(per_class, axis=-1, keepdims=True)
+
+
+def evaluate(model: ImpModel, params, spec: TaskSpec, split: str = "validation",
+             batch_size: int = 64) -> dict[str, dict]:
+    """`{metric name: {"value", "chance"}}` for the task on `split`."""
+    prototypes = class_embeddings(model, params, spec) if spec.objective == "nce" else None
+    correct: dict[str, int] = {}
+    total = 0
+    for batch in feeding.batches(spec, split, 0, train=False, batch_size=batch_size,
+                                 with_labels=True):
+        labels = batch["label"]
+        total += len(labels)
+        if spec.objective == "softmax":
+            out = _apply(model, params, {"vision": batch["vision"]}, spec.head)
+            hits = {"top1": np.asarray(out["logits"]).argmax(-1) == labels}
+        else:
+            inputs = {m: batch[m] for m in spec.modalities if m != "text"}
+            out = _apply(model, params, inputs, None)
+            hits = {f"zero_shot_top1/{m}_to_text": (np.asarray(out[f"embedding/{m}"]) @ prototypes.T).argmax(-1) == labels
+                    for m in inputs}
+        for name, h in hits.items():
+            correct[name] = correct.get(name, 0) + int(h.sum())
+    chance = 1.0 / spec.num_classes
+    return {name: {"value": c / total, "chance": chance, "examples": total}
+            for name, c in correct.items()}

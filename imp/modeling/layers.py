@@ -1,0 +1,82 @@
+"""Small building blocks carrying t5x logical axis names on every parameter and activation.
+
+Logical names (`batch`, `length`, `embed`, `mlp`, `heads`, `kv`, `vocab`, `expert`) are mapped
+to mesh axes by `imp.partitioning`; the model never sees the mesh.
+"""
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+
+def dense_init(names: Sequence[str | None]) -> Initializer:
+    """Xavier-uniform kernel initialiser (ViT's choice) tagged with logical axis names."""
+    return nn.with_logical_partitioning(nn.initializers.xavier_uniform(), tuple(names))
+
+
+def param_with_axes(module: nn.Module, name: str, init: Initializer, shape: tuple[int, ...],
+                    names: Sequence[str | None]) -> jax.Array:
+    return module.param(name, nn.with_logical_partitioning(init, tuple(names)), shape)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Activation sharding constraint by logical names (a no-op outside a mesh context)."""
+    return nn.with_logical_constraint(x, tuple(names))
+
+
+class LayerNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.LayerNorm(
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        )(x)
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU -> Dense, the ViT feed-forward block."""
+
+    mlp_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:  # [batch, length, embed]
+        d_model = x.shape[-1]
+        h = nn.Dense(self.mlp_dim, kernel_init=dense_init(("embed", "mlp")),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+                     name="wi")(x)
+        h = constrain(nn.gelu(h), ("batch", "length", "mlp"))
+        return nn.Dense(d_model, kernel_init=dense_init(("mlp", "embed")),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                        name="wo")(h)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over `[batch, length, embed]` with a key padding mask."""
+
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        d_model = x.shape[-1]
+        head_dim = d_model // self.num_heads
+        xavier = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
+        w_qkv = param_with_axes(self, "qkv_kernel", xavier, (d_model, 3, self.num_heads, head_dim),
+                                ("embed", None, "heads", "kv"))
+        b_qkv = param_with_axes(self, "qkv_bias", nn.initializers.zeros,
+                                (3, self.num_heads, head_dim), (None, "heads", "kv"))
+        qkv = jnp.einsum("bld,dthk->btlhk", x, w_qkv) + b_qkv[None, :, None]
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # [batch, length, heads, kv]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
+        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        out = constrain(out, ("batch", "length", "heads", "kv"))
+        w_out = param_with_axes(self, "out_kernel",
+                                nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
+                                (self.num_heads, head_dim, d_model), ("heads", "kv", "embed"))
+        b_out = param_with_axes(self, "out_bias", nn.initializers.zeros, (d_model,), ("embed",))
+        return jnp.einsum("blhk,hkd->bld", out, w_out) + b_out

@@ -1,0 +1,105 @@
+"""The IMP model: modality embedders -> one shared encoder -> task heads (seed 004 §3.3).
+
+Each modality of an example is encoded on its own by the same encoder; a classification task
+reads its dataset's linear head on the pooled tokens, a contrastive task reads one projection
+per modality into the common space, scaled by a learned temperature.
+"""
+
+import math
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from imp.modeling.embedders import TextEmbedder, VisionEmbedder, WaveformEmbedder, drop_tokens
+from imp.modeling.encoder import Encoder
+from imp.modeling.heads import ClassifierHead, Projection, masked_mean
+
+MODALITIES = ("vision", "waveform", "text")
+# CLIP's temperature: initialised at 1/0.07 and capped at 100, kept positive via the log.
+_LOGIT_SCALE_INIT = math.log(1 / 0.07)
+_LOGIT_SCALE_MAX = math.log(100.0)
+
+
+@gin.configurable
+class ImpModel(nn.Module):
+    """Inputs are a dict with any of `vision` `[batch, frames, height, width, 3]`,
+    `waveform` `[batch, samples]` and `text` `[batch, length]` (int ids, 0 = padding)."""
+
+    heads: tuple[tuple[str, int], ...] = ()  # (dataset name, number of classes)
+    d_model: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_dim: int = 512
+    embed_dim: int = 128
+    vocab_size: int = 128
+    vision_patch: tuple[int, int, int] = (2, 8, 8)
+    vision_max_grid: tuple[int, int, int] = (8, 16, 16)
+    waveform_patch: int = 128
+    max_waveform_patches: int = 128
+    max_text_length: int = 64
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    head_init: str = "zeros"
+
+    def setup(self):
+        self.embedders = {
+            "vision": VisionEmbedder(self.d_model, self.vision_patch, self.vision_max_grid),
+            "waveform": WaveformEmbedder(self.d_model, self.waveform_patch,
+                                         self.max_waveform_patches),
+            "text": TextEmbedder(self.d_model, self.vocab_size, self.max_text_length),
+        }
+        self.encoder = Encoder(self.num_layers, self.num_heads, self.mlp_dim,
+                               self.scan_layers, self.remat_policy)
+        self.projections = {m: Projection(self.embed_dim) for m in MODALITIES}
+        self.classifiers = {name: ClassifierHead(n, self.head_init) for name, n in self.heads}
+        self.logit_scale = self.param("logit_scale", nn.initializers.constant(_LOGIT_SCALE_INIT), ())
+
+    def encode(self, modality: str, x: jax.Array, drop_rate: float = 0.0,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """One modality -> encoded tokens `[batch, length, d_model]` and their mask."""
+        tokens, mask = self.embedders[modality](x)
+        if train and drop_rate > 0.0 and modality != "text":
+            tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
+        return self.encoder(tokens, mask), mask
+
+    def __call__(self, inputs: dict[str, jax.Array], head: str | None = None,
+                 drop_rate: float = 0.0, train: bool = False) -> dict[str, jax.Array]:
+        """Returns `logits/<head>` for a classification head, else `embedding/<modality>`
+        (L2-normalised `[batch, embed_dim]`) for each modality, plus `pooled/<modality>`."""
+        out = {"logit_scale": jnp.exp(jnp.clip(self.logit_scale, 0.0, _LOGIT_SCALE_MAX))}
+        for modality in MODALITIES:
+            if modality in inputs:
+                tokens, mask = self.encode(modality, inputs[modality], drop_rate, train)
+                out[f"pooled/{modality}"] = masked_mean(tokens, mask)
+        if head is not None:
+            source = next(m for m in MODALITIES if f"pooled/{m}" in out)
+            out["logits"] = self.classifiers[head](out[f"pooled/{source}"])
+        else:
+            for modality in MODALITIES:
+                if f"pooled/{modality}" in out:
+                    out[f"embedding/{modality}"] = self.projections[modality](out[f"pooled/{modality}"])
+        return out
+
+    def init_everything(self, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """Touches every embedder, projection and head so `init` creates all parameters."""
+        out = self(inputs)
+        for name, _ in self.heads:
+            self.classifiers[name](out["pooled/vision"])
+        return out
+
+
+def dummy_inputs(model: ImpModel, batch: int = 1) -> dict[str, jax.Array]:
+    """Smallest inputs that exercise every embedder."""
+    pt, ph, pw = model.vision_patch
+    return {
+        "vision": jnp.zeros((batch, pt, ph, pw, 3), jnp.float32),
+        "waveform": jnp.zeros((batch, model.waveform_patch), jnp.float32),
+        "text": jnp.ones((batch, 4), jnp.int32),
+    }
+
+
+def init_variables(model: ImpModel, rng: jax.Array) -> dict:
+    """All parameters of the model, boxed with their logical axis names."""
+    return model.init({"params": rng}, dummy_inputs(model), method=ImpModel.init_everything)

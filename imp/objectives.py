@@ -1,0 +1,43 @@
+"""Training objectives (seed 004 §3.2): softmax cross-entropy and symmetric cross-modal NCE.
+
+Each returns `(loss, metrics)` with a scalar loss averaged over the batch.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
+                          label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+    """`logits` `[batch, classes]`, integer `labels` `[batch]`."""
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    accuracy = (logits.argmax(-1) == labels).mean()
+    return loss, {"accuracy": accuracy}
+
+
+def pairwise_nce(a: jax.Array, b: jax.Array, logit_scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Symmetric InfoNCE between L2-normalised `a`, `b` `[batch, dim]`: row i's positive is
+    column i, every other column of the batch is a negative (CLIP)."""
+    logits = logit_scale * a @ b.T  # [batch, batch]
+    labels = jnp.arange(a.shape[0])
+    a_to_b = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    b_to_a = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    accuracy = (logits.argmax(-1) == labels).mean()
+    return 0.5 * (a_to_b + b_to_a), accuracy
+
+
+def nce(embeddings: dict[str, jax.Array], logit_scale: jax.Array) -> tuple[jax.Array, dict]:
+    """Average symmetric NCE over all modality pairs of a task (e.g. video-audio-text: 3 pairs)."""
+    names = sorted(embeddings)
+    assert len(names) >= 2, f"NCE needs two modalities, got {names}"
+    losses, metrics = [], {}
+    for x, y in itertools.combinations(names, 2):
+        loss, accuracy = pairwise_nce(embeddings[x], embeddings[y], logit_scale)
+        losses.append(loss)
+        metrics[f"accuracy/{x}_{y}"] = accuracy
+    return jnp.mean(jnp.stack(losses)), metrics
