@@ -1,8 +1,8 @@
 """The `imp` command: one entry point, t5x-style gin flags.
 
-    imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
-    imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
-    imp data demo --out DIR [--seed N]
+imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
+imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
+imp data demo --out DIR [--seed N]
 """
 
 import argparse
@@ -16,12 +16,21 @@ DEFAULT_RUN = "runs/demo.gin"
 
 
 def _gin_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gin_file", action="append", default=[],
-                        help="gin file (repeatable); resolved against --gin_search_paths and gin/")
-    parser.add_argument("--gin_bindings", action="append", default=[],
-                        help="a gin binding line (repeatable)")
-    parser.add_argument("--gin_search_paths", action="append", default=[],
-                        help="folder to resolve gin files in (repeatable)")
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin file (repeatable); resolved against --gin_search_paths and gin/",
+    )
+    parser.add_argument(
+        "--gin_bindings", action="append", default=[], help="a gin binding line (repeatable)"
+    )
+    parser.add_argument(
+        "--gin_search_paths",
+        action="append",
+        default=[],
+        help="folder to resolve gin files in (repeatable)",
+    )
 
 
 def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -33,9 +42,9 @@ def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     for arg in args:
         if arg.startswith("--gin."):
             if "=" in arg:
-                name, value = arg[len("--gin."):].split("=", 1)
+                name, value = arg[len("--gin.") :].split("=", 1)
             else:
-                name, value = arg[len("--gin."):], next(args, None)
+                name, value = arg[len("--gin.") :], next(args, None)
                 if value is None:
                     raise ImpError(f"malformed gin flag '{arg}': expected --gin.NAME=VALUE")
             bindings.append(flag_to_binding(name, value))
@@ -49,8 +58,9 @@ def _configure(args: argparse.Namespace, flag_bindings: list[str]) -> None:
     from imp.tasks import demo  # noqa: F401 - registers prepare_demo with gin
     from imp.training import loop  # noqa: F401 - registers train and its parts with gin
 
-    config.parse(args.gin_file or [DEFAULT_RUN], [*args.gin_bindings, *flag_bindings],
-                 args.gin_search_paths)
+    config.parse(
+        args.gin_file or [DEFAULT_RUN], [*args.gin_bindings, *flag_bindings], args.gin_search_paths
+    )
 
 
 def _train(args, flag_bindings) -> int:
@@ -83,8 +93,9 @@ def _data_demo(args, flag_bindings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="imp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train (no flags: the embedded demo)")
     _gin_parser(train)
@@ -101,17 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Keeps library chatter (seqio's cache notes, sentencepiece's loader) off the terminal."""
+    import absl.logging
+    import sentencepiece
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    sentencepiece.set_min_log_level(2)
+    for name in ("jax", "orbax", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax", "orbax", "tensorflow", "seqio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _quiet_libraries()
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, flag_bindings = _split_gin_flags(argv)
         args = build_parser().parse_args(rest)
         return args.run(args, flag_bindings)
     except ImpError as e:
-        print(f"imp: error: {e}", file=sys.stderr)
+        print(f"imp: error: {e.message}", file=sys.stderr)
         return 2
 
 

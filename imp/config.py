@@ -9,12 +9,12 @@ nearest valid names.
 
 import ast
 import inspect
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import gin
-
 from imp.errors import ImpError, did_you_mean
 
 # The checkout's gin/ folder (imp is installed editable from a clone; see README).
@@ -77,7 +77,9 @@ def parse(
 
 
 def _defined_macros() -> set[str]:
-    return {selector for selector, configurable in gin.config._CONFIG if configurable == "gin.macro"}
+    return {
+        selector for selector, configurable in gin.config._CONFIG if configurable == "gin.macro"
+    }
 
 
 def _check_macro(binding: str, known_macros: set[str]) -> None:
@@ -86,12 +88,16 @@ def _check_macro(binding: str, known_macros: set[str]) -> None:
     if "." in name or "/" in name or not _BARE_WORD.match(name) or name in known_macros:
         return
     raise ImpError(
-        f"gin binding '{binding}': unknown macro '{name}'"
-        + did_you_mean(name, known_macros)
+        f"gin binding '{binding}': unknown macro '{name}'" + did_you_mean(name, known_macros)
     )
 
 
 def _parse_or_explain(parse_fn, where: str) -> None:
+    # gin logs an ERROR for every search path an include is not found under, even when a
+    # later one has it; failures that matter surface as exceptions below.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
     try:
         parse_fn()
     except ImpError:
@@ -101,6 +107,8 @@ def _parse_or_explain(parse_fn, where: str) -> None:
     except Exception as e:  # noqa: BLE001 - gin surfaces tokenizer errors of several kinds
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImpError(f"{where}: malformed binding ({first})") from None
+    finally:
+        root.setLevel(level)
 
 
 def _explain(error: Exception) -> str:
@@ -122,7 +130,7 @@ def _explain(error: Exception) -> str:
 
 def configurable_names() -> list[str]:
     """Short names of every registered configurable."""
-    return [selector.split(".")[-1] for selector in gin.config._REGISTRY]
+    return [selector.split(".")[-1] for selector, _ in gin.config._REGISTRY.items()]
 
 
 def parameter_names(configurable: str) -> list[str]:

@@ -10,6 +10,11 @@ import difflib
 class ImpError(Exception):
     """A mistake in a user's configuration, data or command line; the message names the culprit."""
 
+    def __init__(self, message: str):
+        super().__init__(message)
+        # Kept apart from str(): gin re-raises exceptions as proxies whose str() gains lines.
+        self.message = message
+
 
 def did_you_mean(name: str, options) -> str:
     """'; did you mean a, b?' for the options closest to `name`, or '' when none is close."""

@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import optax
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array,
-                          label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+) -> tuple[jax.Array, dict]:
     """`logits` `[batch, classes]`, integer `labels` `[batch]`."""
     num_classes = logits.shape[-1]
     targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)

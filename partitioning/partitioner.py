@@ -8,11 +8,11 @@ mlp/heads/vocab over `model`, embed/kv/length unsharded.
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import gin
 from imp.errors import ImpError
 
 LogicalRules = Sequence[tuple[str, str | None]]
@@ -34,8 +34,12 @@ DEFAULT_RULES: LogicalRules = (
 class Partitioner:
     """Places parameters and batches on a `(data, model)` device mesh."""
 
-    def __init__(self, num_partitions: int = 1, logical_axis_rules: LogicalRules = DEFAULT_RULES,
-                 devices: Sequence[jax.Device] | None = None):
+    def __init__(
+        self,
+        num_partitions: int = 1,
+        logical_axis_rules: LogicalRules = DEFAULT_RULES,
+        devices: Sequence[jax.Device] | None = None,
+    ):
         devices = list(devices if devices is not None else jax.devices())
         if num_partitions < 1 or len(devices) % num_partitions:
             raise ImpError(
@@ -67,17 +71,28 @@ class Partitioner:
     def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's slice of the global batch -> global arrays sharded over `data`."""
         sharding = self.batch_sharding()
-        return {k: jax.make_array_from_process_local_data(sharding, v)
-                for k, v in local_batch.items()}
+        return {
+            k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()
+        }
 
-    def compile(self, fn: Callable, args: tuple, in_shardings, out_shardings,
-                donate_argnums: tuple[int, ...] = ()) -> jax.stages.Compiled:
+    def compile(
+        self,
+        fn: Callable,
+        args: tuple,
+        in_shardings,
+        out_shardings,
+        donate_argnums: tuple[int, ...] = (),
+    ) -> jax.stages.Compiled:
         """Ahead-of-time compiles `fn` for `args` (arrays or `jax.ShapeDtypeStruct`s).
 
         Lowering runs under the mesh and our rules so `with_logical_constraint` annotations
         inside the model resolve to mesh axes.
         """
-        jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                         donate_argnums=donate_argnums)
+        jitted = jax.jit(
+            fn,
+            in_shardings=in_shardings,
+            out_shardings=out_shardings,
+            donate_argnums=donate_argnums,
+        )
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             return jitted.lower(*args).compile()

@@ -7,12 +7,12 @@ all three pairs, and image and video classification with softmax cross-entropy.
 import functools
 from pathlib import Path
 
-import gin
 import seqio
 import tensorflow as tf
-
-from imp.data import demo_world, dmvr
 from imp.tasks import registry
+
+import gin
+from imp.data import demo_world, dmvr
 
 MIXTURE = "demo_all"
 
@@ -31,8 +31,9 @@ def default_data_dir(seed: int = 0) -> Path:
 
 
 @gin.configurable
-def prepare_demo(data_dir: str | None = None, seed: int = 0, batch_size: int = 32,
-                 text_length: int = 16) -> None:
+def prepare_demo(
+    data_dir: str | None = None, seed: int = 0, batch_size: int = 32, text_length: int = 16
+) -> None:
     """Generates the demo world if needed, then registers its tasks and `demo_all`."""
     root = Path(data_dir) if data_dir else default_data_dir(seed)
     manifest = demo_world.ensure(root, seed)
@@ -91,8 +92,9 @@ def _output_features(spec: registry.TaskSpec, vocabulary) -> dict[str, seqio.Fea
     produced = {*spec.modalities, "label"}
     return {
         "vision": seqio.ContinuousFeature(dtype=tf.float32, rank=4, required="vision" in produced),
-        "waveform": seqio.ContinuousFeature(dtype=tf.float32, rank=1,
-                                            required="waveform" in produced),
+        "waveform": seqio.ContinuousFeature(
+            dtype=tf.float32, rank=1, required="waveform" in produced
+        ),
         "text": seqio.Feature(vocabulary, add_eos=False, required="text" in produced),
         "label": seqio.ContinuousFeature(dtype=tf.int32, rank=0, required="label" in produced),
     }
@@ -108,7 +110,9 @@ def _to_features(serialized: tf.Tensor, seeds, spec: registry.TaskSpec) -> dict[
         frames = dmvr.sample_clip(example["frames"], spec.frames, 1, clip_seed)
         out["vision"] = dmvr.decode_frames(frames, spec.height, spec.width)
     if "waveform" in spec.modalities:
-        out["waveform"] = tf.ensure_shape(example["waveform"][: spec.num_samples], [spec.num_samples])
+        out["waveform"] = tf.ensure_shape(
+            example["waveform"][: spec.num_samples], [spec.num_samples]
+        )
     if "text" in spec.modalities:
         captions = example["captions"]
         pick = tf.random.stateless_uniform([], caption_seed, 0, tf.shape(captions)[0], tf.int32)

@@ -57,22 +57,28 @@ def register(spec: TaskSpec, source: seqio.DataSource, preprocessors, output_fea
     """Registers `spec` and its seqio Task under `spec.name` (replacing an earlier one)."""
     if spec.name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(spec.name)
-    seqio.TaskRegistry.add(spec.name, source=source, preprocessors=preprocessors,
-                           output_features=output_features)
+    seqio.TaskRegistry.add(
+        spec.name, source=source, preprocessors=preprocessors, output_features=output_features
+    )
     _SPECS[spec.name] = spec
 
 
-def register_mixture(name: str, task_names: list[str], rates: dict[str, float] | None = None) -> None:
+def register_mixture(
+    name: str, task_names: list[str], rates: dict[str, float] | None = None
+) -> None:
     """A seqio Mixture; rates default to each task's training examples."""
     if name in seqio.MixtureRegistry.names():
         seqio.MixtureRegistry.remove(name)
     tasks = [(t, rates[t]) for t in task_names] if rates else task_names
-    seqio.MixtureRegistry.add(name, tasks, default_rate=None if rates else seqio.mixing_rate_num_examples)
+    seqio.MixtureRegistry.add(
+        name, tasks, default_rate=None if rates else seqio.mixing_rate_num_examples
+    )
 
 
 def spec(name: str) -> TaskSpec:
     if name not in _SPECS:
-        raise ImpError(f"unknown task '{name}'" + (did_you_mean(name, _SPECS) or f"; registered: {sorted(_SPECS)}"))
+        hint = did_you_mean(name, _SPECS) or f"; registered: {sorted(_SPECS)}"
+        raise ImpError(f"unknown task '{name}'{hint}")
     return _SPECS[name]
 
 

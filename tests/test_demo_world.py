@@ -24,7 +24,7 @@ EXPECTED_COUNTS = {
 DATASET_SPLITS = sorted(EXPECTED_COUNTS)
 WORD_TO_DIGIT = {word: digit for digit, word in enumerate(demo_world.NUMBER_WORDS)}
 # Centroid shift (rows, cols) over 8 frames at 2 px per frame; rows grow downwards.
-EXPECTED_SHIFT = {"left": (0, -14), "right": (0, 14), "up": (-14, 0), "down": (14, 0)}
+EXPECTED_SHIFT = {"left": (0, -7), "right": (0, 7), "up": (-7, 0), "down": (7, 0)}  # 1 px x 7 steps
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The embedded demo world: a small multimodal data set made from scikit-learn's digits.
 
-Each of the 1797 8x8 handwritten digits (values 0..16) is upscaled to 16x16 and painted in a
-random bright colour on a dark noisy 32x32 canvas. The `video` data set moves it 2 px per frame
+Each of the 1797 8x8 handwritten digits (values 0..16) is upscaled to 24x24 and painted in a
+random bright colour on a dark noisy 32x32 canvas. The `video` data set moves it 1 px per frame
 in one of `DIRECTIONS` for 8 frames and pairs each clip with a tone whose pitch encodes the digit
 and whose pitch or loudness contour encodes the direction; the `image` data set shows each digit
 once, still. Every example carries two template captions. A SentencePiece vocabulary is trained
@@ -44,8 +44,8 @@ CLIPS_PER_IMAGE = {"train": 2, "validation": 1}
 FRAMES = 8
 FPS = 25
 CANVAS = 32  # height = width of every frame
-GLYPH = 16  # side of the upscaled digit
-STEP_PX = 2  # motion per frame
+GLYPH = 24  # side of the upscaled digit: large on the canvas, so position varies little
+STEP_PX = 1  # motion per frame
 SAMPLE_RATE = 8000
 NUM_SAMPLES = SAMPLE_RATE * FRAMES // FPS  # 2560: the sound lasts exactly as long as the clip
 JPEG_QUALITY = 90
@@ -73,7 +73,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_images: int | None =
     """
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
-    glyphs, digits = _load_glyphs(num_images)  # [n, 16, 16] in [0, 1], [n]
+    glyphs, digits = _load_glyphs(num_images)  # [n, GLYPH, GLYPH] in [0, 1], [n]
     split_rng, video_rng, image_rng, order_rng = np.random.default_rng(seed).spawn(4)
     sources = _split_sources(len(digits), split_rng)
 
@@ -145,10 +145,10 @@ def _num_images(num_images: int | None, available: int) -> int:
 
 
 def _load_glyphs(num_images: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Returns glyphs [n, 16, 16] float in [0, 1] (digit opacity) and digits [n] int."""
+    """Returns glyphs [n, GLYPH, GLYPH] float in [0, 1] (digit opacity) and digits [n] int."""
     data = load_digits()
     n = _num_images(num_images, len(data.target))
-    glyphs = np.kron(data.images[:n] / DIGIT_MAX, np.ones((1, 2, 2)))
+    glyphs = np.kron(data.images[:n] / DIGIT_MAX, np.ones((1, GLYPH // 8, GLYPH // 8)))
     return glyphs, data.target[:n].astype(np.int64)
 
 
@@ -248,13 +248,13 @@ def _track(direction: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _paint(glyph: np.ndarray, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Frames [T, H, W, 3] uint8: the glyph [16, 16] at positions [T, 2] over dark noise."""
+    """Frames [T, H, W, 3] uint8: the glyph [GLYPH, GLYPH] at positions [T, 2] over dark noise."""
     num_frames = len(positions)
     background = rng.uniform(0, 48, size=3)
     frames = background + rng.normal(0, 8, size=(num_frames, CANVAS, CANVAS, 3))
     colour = rng.uniform(128, 256, size=3)
     for frame, (row, col) in zip(frames, positions, strict=True):
-        alpha = glyph[:, :, None]  # [16, 16, 1]
+        alpha = glyph[:, :, None]  # [GLYPH, GLYPH, 1]
         patch = frame[row : row + GLYPH, col : col + GLYPH]
         patch[:] = patch * (1 - alpha) + colour * alpha
     return np.clip(np.round(frames), 0, 255).astype(np.uint8)

@@ -38,18 +38,22 @@ def parse(serialized: tf.Tensor, waveform: bool = False) -> dict[str, tf.Tensor]
 
 
 def decode_frames(encoded: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """`[T]` JPEG bytes -> `[T, height, width, 3]` float32 in [0, 1], resized if needed."""
+    """`[T]` JPEG bytes -> `[T, height, width, 3]` float32 in [-1, 1] (ViT's value range),
+    resized if needed."""
     frames = tf.map_fn(
-        lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), encoded,
+        lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3),
+        encoded,
         fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
     )
     frames = tf.image.convert_image_dtype(frames, tf.float32)
     if frames.shape[1:3] != (height, width):
         frames = tf.image.resize(frames, (height, width), antialias=True)
-    return tf.ensure_shape(frames, [None, height, width, 3])
+    return tf.ensure_shape(frames * 2.0 - 1.0, [None, height, width, 3])
 
 
-def sample_clip(frames: tf.Tensor, num_frames: int, stride: int, seed: tf.Tensor | None) -> tf.Tensor:
+def sample_clip(
+    frames: tf.Tensor, num_frames: int, stride: int, seed: tf.Tensor | None
+) -> tf.Tensor:
     """`num_frames` frames `stride` apart: a random start when `seed` is given, else central.
 
     Clips shorter than needed wrap around (loop the video), as DMVR's sampling does.

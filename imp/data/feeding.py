@@ -27,8 +27,16 @@ def _select_and_pad(keep: tuple[str, ...], length: int):
     return pad
 
 
-def dataset(spec: TaskSpec, split: str, seed: int, *, train: bool, skip_batches: int = 0,
-            batch_size: int | None = None, with_labels: bool = False) -> tf.data.Dataset:
+def dataset(
+    spec: TaskSpec,
+    split: str,
+    seed: int,
+    *,
+    train: bool,
+    skip_batches: int = 0,
+    batch_size: int | None = None,
+    with_labels: bool = False,
+) -> tf.data.Dataset:
     """Batches of this process's slice of the global batch: the task's modalities, and its
     labels for softmax tasks or when `with_labels` (evaluation).
 

@@ -31,26 +31,44 @@ def class_embeddings(model: ImpModel, params, spec: TaskSpec) -> np.ndarray:
     return per_class / np.linalg.norm(per_class, axis=-1, keepdims=True)
 
 
-def evaluate(model: ImpModel, params, spec: TaskSpec, split: str = "validation",
-             batch_size: int = 64) -> dict[str, dict]:
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    return (
+        np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
+        if len(x) < rows
+        else x
+    )
+
+
+def evaluate(
+    model: ImpModel, params, spec: TaskSpec, split: str = "validation", batch_size: int = 64
+) -> dict[str, dict]:
     """`{metric name: {"value", "chance"}}` for the task on `split`."""
     prototypes = class_embeddings(model, params, spec) if spec.objective == "nce" else None
     correct: dict[str, int] = {}
     total = 0
-    for batch in feeding.batches(spec, split, 0, train=False, batch_size=batch_size,
-                                 with_labels=True):
-        labels = batch["label"]
+    for batch in feeding.batches(
+        spec, split, 0, train=False, batch_size=batch_size, with_labels=True
+    ):
+        labels = batch.pop("label")
         total += len(labels)
+        batch = {k: _pad_rows(v, batch_size) for k, v in batch.items()}  # one compiled shape
         if spec.objective == "softmax":
             out = _apply(model, params, {"vision": batch["vision"]}, spec.head)
-            hits = {"top1": np.asarray(out["logits"]).argmax(-1) == labels}
+            hits = {"top1": np.asarray(out["logits"])[: len(labels)].argmax(-1) == labels}
         else:
             inputs = {m: batch[m] for m in spec.modalities if m != "text"}
             out = _apply(model, params, inputs, None)
-            hits = {f"zero_shot_top1/{m}_to_text": (np.asarray(out[f"embedding/{m}"]) @ prototypes.T).argmax(-1) == labels
-                    for m in inputs}
+            hits = {
+                f"zero_shot_top1/{m}_to_text": (
+                    np.asarray(out[f"embedding/{m}"])[: len(labels)] @ prototypes.T
+                ).argmax(-1)
+                == labels
+                for m in inputs
+            }
         for name, h in hits.items():
             correct[name] = correct.get(name, 0) + int(h.sum())
     chance = 1.0 / spec.num_classes
-    return {name: {"value": c / total, "chance": chance, "examples": total}
-            for name, c in correct.items()}
+    return {
+        name: {"value": c / total, "chance": chance, "examples": total}
+        for name, c in correct.items()
+    }

@@ -33,13 +33,15 @@ class VisionEmbedder(nn.Module):
             video = jnp.tile(video, (1, -(-pt // t), 1, 1, 1))[:, :pt]
             t = pt
         if t % pt or h % ph or w % pw:
-            raise ValueError(f"vision input {video.shape[1:4]} is not divisible by tubelet {self.patch}")
+            raise ValueError(
+                f"vision input {video.shape[1:4]} is not divisible by tubelet {self.patch}"
+            )
         gt, gh, gw = t // pt, h // ph, w // pw
         patches = video.reshape(b, gt, pt, gh, ph, gw, pw, c)
         patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, gt * gh * gw, -1)
-        tokens = nn.Dense(
-            self.d_model, kernel_init=dense_init(("mlp", "embed")), name="tubelet"
-        )(patches)
+        tokens = nn.Dense(self.d_model, kernel_init=dense_init(("mlp", "embed")), name="tubelet")(
+            patches
+        )
         coords = jnp.stack(
             jnp.meshgrid(jnp.arange(gt), jnp.arange(gh), jnp.arange(gw), indexing="ij"), -1
         ).reshape(-1, 3)  # [length, 3]
@@ -60,9 +62,9 @@ class WaveformEmbedder(nn.Module):
         if s % self.patch:
             raise ValueError(f"waveform length {s} is not divisible by patch {self.patch}")
         patches = waveform.reshape(b, s // self.patch, self.patch)
-        tokens = nn.Dense(
-            self.d_model, kernel_init=dense_init(("mlp", "embed")), name="patch"
-        )(patches)
+        tokens = nn.Dense(self.d_model, kernel_init=dense_init(("mlp", "embed")), name="patch")(
+            patches
+        )
         coords = jnp.arange(s // self.patch)[:, None]
         tokens = tokens + FactorisedPositions(self.d_model, (self.max_length,), name="pos")(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
@@ -77,8 +79,9 @@ class TextEmbedder(nn.Module):
 
     @nn.compact
     def __call__(self, text: jax.Array) -> tuple[jax.Array, jax.Array]:
-        table = param_with_axes(self, "embedding", _POS_INIT, (self.vocab_size, self.d_model),
-                                ("vocab", "embed"))
+        table = param_with_axes(
+            self, "embedding", _POS_INIT, (self.vocab_size, self.d_model), ("vocab", "embed")
+        )
         tokens = jnp.take(table, text, axis=0)
         coords = jnp.arange(text.shape[1])[:, None]
         tokens = tokens + FactorisedPositions(self.d_model, (self.max_length,), name="pos")(coords)
@@ -95,8 +98,9 @@ class FactorisedPositions(nn.Module):
     def __call__(self, coords: jax.Array) -> jax.Array:
         out = 0.0
         for axis, size in enumerate(self.sizes):
-            table = param_with_axes(self, f"axis_{axis}", _POS_INIT, (size, self.d_model),
-                                    (None, "embed"))
+            table = param_with_axes(
+                self, f"axis_{axis}", _POS_INIT, (size, self.d_model), (None, "embed")
+            )
             out = out + jnp.take(table, coords[..., axis], axis=0)
         return out  # [length, d_model]
 
@@ -114,5 +118,7 @@ def drop_tokens(
     keep = max(1, round(n * (1.0 - rate)))
     scores = jax.random.uniform(rng, (b, n))
     kept = jnp.sort(jnp.argsort(scores, axis=1)[:, :keep], axis=1)  # [batch, keep]
-    return (jnp.take_along_axis(tokens, kept[..., None], axis=1),
-            jnp.take_along_axis(mask, kept, axis=1))
+    return (
+        jnp.take_along_axis(tokens, kept[..., None], axis=1),
+        jnp.take_along_axis(mask, kept, axis=1),
+    )

@@ -25,7 +25,9 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
         x = constrain(x, ("batch", "length", "embed"))
-        x = x + SelfAttention(self.num_heads, name="attention")(LayerNorm(name="ln_attention")(x), mask)
+        x = x + SelfAttention(self.num_heads, name="attention")(
+            LayerNorm(name="ln_attention")(x), mask
+        )
         x = x + MlpBlock(self.mlp_dim, name="mlp")(LayerNorm(name="ln_mlp")(x))
         return x, None  # (carry, per-layer output) as nn.scan expects
 
@@ -45,8 +47,9 @@ class Encoder(nn.Module):
             raise ValueError(f"remat_policy '{self.remat_policy}' not in {sorted(REMAT_POLICIES)}")
         block = EncoderBlock
         if self.remat_policy != "none":
-            block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy],
-                             prevent_cse=not self.scan_layers)
+            block = nn.remat(
+                block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers
+            )
         if self.scan_layers:
             stack = nn.scan(
                 block,

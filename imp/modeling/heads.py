@@ -38,5 +38,7 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, pooled: jax.Array) -> jax.Array:
-        z = nn.Dense(self.embed_dim, use_bias=False, kernel_init=dense_init(("embed", None)))(pooled)
+        z = nn.Dense(self.embed_dim, use_bias=False, kernel_init=dense_init(("embed", None)))(
+            pooled
+        )
         return z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)

@@ -11,11 +11,18 @@ def model_info() -> dict:
     """Total parameters and a per-component breakdown (no allocation: `jax.eval_shape`)."""
     model = ImpModel()
     shapes = nn.unbox(jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))["params"]
-    components = {name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-                  for name, tree in shapes.items()}
-    return {"total_parameters": sum(components.values()), "components": components,
-            "config": {f: getattr(model, f) for f in ("d_model", "num_layers", "num_heads",
-                                                       "mlp_dim", "embed_dim", "vocab_size")}}
+    components = {
+        name: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+        for name, tree in shapes.items()
+    }
+    return {
+        "total_parameters": sum(components.values()),
+        "components": components,
+        "config": {
+            f: getattr(model, f)
+            for f in ("d_model", "num_layers", "num_heads", "mlp_dim", "embed_dim", "vocab_size")
+        },
+    }
 
 
 def format_table(info: dict) -> str:

@@ -18,8 +18,13 @@ def dense_init(names: Sequence[str | None]) -> Initializer:
     return nn.with_logical_partitioning(nn.initializers.xavier_uniform(), tuple(names))
 
 
-def param_with_axes(module: nn.Module, name: str, init: Initializer, shape: tuple[int, ...],
-                    names: Sequence[str | None]) -> jax.Array:
+def param_with_axes(
+    module: nn.Module,
+    name: str,
+    init: Initializer,
+    shape: tuple[int, ...],
+    names: Sequence[str | None],
+) -> jax.Array:
     return module.param(name, nn.with_logical_partitioning(init, tuple(names)), shape)
 
 
@@ -45,13 +50,19 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [batch, length, embed]
         d_model = x.shape[-1]
-        h = nn.Dense(self.mlp_dim, kernel_init=dense_init(("embed", "mlp")),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
-                     name="wi")(x)
+        h = nn.Dense(
+            self.mlp_dim,
+            kernel_init=dense_init(("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+            name="wi",
+        )(x)
         h = constrain(nn.gelu(h), ("batch", "length", "mlp"))
-        return nn.Dense(d_model, kernel_init=dense_init(("mlp", "embed")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                        name="wo")(h)
+        return nn.Dense(
+            d_model,
+            kernel_init=dense_init(("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="wo",
+        )(h)
 
 
 class SelfAttention(nn.Module):
@@ -64,10 +75,20 @@ class SelfAttention(nn.Module):
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
         xavier = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
-        w_qkv = param_with_axes(self, "qkv_kernel", xavier, (d_model, 3, self.num_heads, head_dim),
-                                ("embed", None, "heads", "kv"))
-        b_qkv = param_with_axes(self, "qkv_bias", nn.initializers.zeros,
-                                (3, self.num_heads, head_dim), (None, "heads", "kv"))
+        w_qkv = param_with_axes(
+            self,
+            "qkv_kernel",
+            xavier,
+            (d_model, 3, self.num_heads, head_dim),
+            ("embed", None, "heads", "kv"),
+        )
+        b_qkv = param_with_axes(
+            self,
+            "qkv_bias",
+            nn.initializers.zeros,
+            (3, self.num_heads, head_dim),
+            (None, "heads", "kv"),
+        )
         qkv = jnp.einsum("bld,dthk->btlhk", x, w_qkv) + b_qkv[None, :, None]
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # [batch, length, heads, kv]
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
@@ -75,8 +96,12 @@ class SelfAttention(nn.Module):
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         out = constrain(out, ("batch", "length", "heads", "kv"))
-        w_out = param_with_axes(self, "out_kernel",
-                                nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
-                                (self.num_heads, head_dim, d_model), ("heads", "kv", "embed"))
+        w_out = param_with_axes(
+            self,
+            "out_kernel",
+            nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
+            (self.num_heads, head_dim, d_model),
+            ("heads", "kv", "embed"),
+        )
         b_out = param_with_axes(self, "out_bias", nn.initializers.zeros, (d_model,), ("embed",))
         return jnp.einsum("blhk,hkd->bld", out, w_out) + b_out

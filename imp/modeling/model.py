@@ -8,10 +8,10 @@ per modality into the common space, scaled by a learned temperature.
 import math
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 
+import gin
 from imp.modeling.embedders import TextEmbedder, VisionEmbedder, WaveformEmbedder, drop_tokens
 from imp.modeling.encoder import Encoder
 from imp.modeling.heads import ClassifierHead, Projection, masked_mean
@@ -46,26 +46,36 @@ class ImpModel(nn.Module):
     def setup(self):
         self.embedders = {
             "vision": VisionEmbedder(self.d_model, self.vision_patch, self.vision_max_grid),
-            "waveform": WaveformEmbedder(self.d_model, self.waveform_patch,
-                                         self.max_waveform_patches),
+            "waveform": WaveformEmbedder(
+                self.d_model, self.waveform_patch, self.max_waveform_patches
+            ),
             "text": TextEmbedder(self.d_model, self.vocab_size, self.max_text_length),
         }
-        self.encoder = Encoder(self.num_layers, self.num_heads, self.mlp_dim,
-                               self.scan_layers, self.remat_policy)
+        self.encoder = Encoder(
+            self.num_layers, self.num_heads, self.mlp_dim, self.scan_layers, self.remat_policy
+        )
         self.projections = {m: Projection(self.embed_dim) for m in MODALITIES}
         self.classifiers = {name: ClassifierHead(n, self.head_init) for name, n in self.heads}
-        self.logit_scale = self.param("logit_scale", nn.initializers.constant(_LOGIT_SCALE_INIT), ())
+        self.logit_scale = self.param(
+            "logit_scale", nn.initializers.constant(_LOGIT_SCALE_INIT), ()
+        )
 
-    def encode(self, modality: str, x: jax.Array, drop_rate: float = 0.0,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    def encode(
+        self, modality: str, x: jax.Array, drop_rate: float = 0.0, train: bool = False
+    ) -> tuple[jax.Array, jax.Array]:
         """One modality -> encoded tokens `[batch, length, d_model]` and their mask."""
         tokens, mask = self.embedders[modality](x)
         if train and drop_rate > 0.0 and modality != "text":
             tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
         return self.encoder(tokens, mask), mask
 
-    def __call__(self, inputs: dict[str, jax.Array], head: str | None = None,
-                 drop_rate: float = 0.0, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self,
+        inputs: dict[str, jax.Array],
+        head: str | None = None,
+        drop_rate: float = 0.0,
+        train: bool = False,
+    ) -> dict[str, jax.Array]:
         """Returns `logits/<head>` for a classification head, else `embedding/<modality>`
         (L2-normalised `[batch, embed_dim]`) for each modality, plus `pooled/<modality>`."""
         out = {"logit_scale": jnp.exp(jnp.clip(self.logit_scale, 0.0, _LOGIT_SCALE_MAX))}
@@ -79,7 +89,9 @@ class ImpModel(nn.Module):
         else:
             for modality in MODALITIES:
                 if f"pooled/{modality}" in out:
-                    out[f"embedding/{modality}"] = self.projections[modality](out[f"pooled/{modality}"])
+                    out[f"embedding/{modality}"] = self.projections[modality](
+                        out[f"pooled/{modality}"]
+                    )
         return out
 
     def init_everything(self, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -24,15 +24,19 @@ class Checkpointer:
     def save(self, step: int, state: TrainState, meta: dict) -> None:
         """Starts an asynchronous save; `wait()` blocks until it is on disk."""
         self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          meta=ocp.args.JsonSave(meta)),
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
         )
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         """Restores `step` into the shardings carried by `abstract_state`."""
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          meta=ocp.args.JsonRestore()),
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
         )
         return restored["state"], restored["meta"]
 

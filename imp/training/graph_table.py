@@ -22,7 +22,12 @@ def signature(tree) -> tuple:
     """Shapes, dtypes and shardings of a pytree of arrays, hashable."""
     leaves, treedef = jax.tree.flatten_with_path(tree)
     return (str(treedef),) + tuple(
-        (jax.tree_util.keystr(path), tuple(x.shape), str(x.dtype), str(getattr(x, "sharding", None)))
+        (
+            jax.tree_util.keystr(path),
+            tuple(x.shape),
+            str(x.dtype),
+            str(getattr(x, "sharding", None)),
+        )
         for path, x in leaves
     )
 
@@ -31,7 +36,9 @@ class GraphTable:
     def __init__(self):
         self.entries: dict[tuple, Entry] = {}
 
-    def lookup(self, key: tuple, compile_fn: Callable[[], jax.stages.Compiled]) -> tuple[jax.stages.Compiled, bool]:
+    def lookup(
+        self, key: tuple, compile_fn: Callable[[], jax.stages.Compiled]
+    ) -> tuple[jax.stages.Compiled, bool]:
         """Returns the compiled graph for `key` and whether this call compiled it."""
         entry = self.entries.get(key)
         if entry is not None:

@@ -6,6 +6,7 @@ position are checkpointed, so a resumed run continues the same sequence of tasks
 SIGTERM and SIGINT finish the current step, save, and exit cleanly.
 """
 
+import functools
 import logging
 import os
 import signal
@@ -13,11 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import gin
 import jax
 import numpy as np
 import tqdm
 
+import gin
 from imp.config import write_operative_config
 from imp.data import feeding
 from imp.errors import ImpError
@@ -53,7 +54,9 @@ class _StopRequest:
 
     def __init__(self):
         self.signal = None
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {
+            s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)
+        }
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
@@ -83,7 +86,9 @@ def train(
         prepare_data()
     tasks = registry.resolve(mixture_or_task_name)
     specs = {spec.name: spec for spec, _ in tasks}
-    heads = tuple(sorted({(s.head, s.num_classes) for s in specs.values() if s.objective == "softmax"}))
+    heads = tuple(
+        sorted({(s.head, s.num_classes) for s in specs.values() if s.objective == "softmax"})
+    )
     model = ImpModel(heads=heads)
     _check_vocabulary(model, specs.values())
     partitioner = Partitioner()
@@ -104,41 +109,46 @@ def train(
     write_operative_config(run_dir / "config.gin")
 
     streams = {}
-    step_fns = {name: make_train_step(model, tx, schedule, s, freeze_untouched)
-                for name, s in specs.items()}
+    step_fns = {
+        name: make_train_step(model, tx, schedule, s, freeze_untouched) for name, s in specs.items()
+    }
     table = GraphTable()
     writer = MetricsWriter(run_dir)
     stop = _StopRequest()
     base_rng = jax.random.key(seed + 1)
     start_step = int(state["step"])
     start_time = time.perf_counter()
-    bar = tqdm.tqdm(total=train_steps, initial=start_step, disable=not progress_bar,
-                    dynamic_ncols=True)
+    bar = tqdm.tqdm(
+        total=train_steps, initial=start_step, disable=not progress_bar, dynamic_ncols=True
+    )
     try:
         for step in range(start_step, train_steps):
             name = sampler.next()
             spec = specs[name]
             if name not in streams:
-                streams[name] = feeding.batches(spec, "train", seed, train=True,
-                                                skip_batches=positions[name])
+                streams[name] = feeding.batches(
+                    spec, "train", seed, train=True, skip_batches=positions[name]
+                )
             batch = partitioner.shard_batch(next(streams[name]))
             positions[name] += 1
             rng = jax.random.fold_in(base_rng, step)
-            batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
             compiled, compiled_now = table.lookup(
                 (name, spec.objective, signature(batch)),
-                lambda: partitioner.compile(
-                    step_fns[name], (state, batch, rng),
-                    (shardings, batch_shardings, partitioner.replicated()),
-                    (shardings, partitioner.replicated()), donate_argnums=(0,),
+                functools.partial(
+                    _compile_step, partitioner, step_fns[name], shardings, (state, batch, rng)
                 ),
             )
             tic = time.perf_counter()
             state, metrics = compiled(state, batch, rng)
             metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            record = {"step": step + 1, "task": name, "objective": spec.objective,
-                      **metrics, "step_seconds": time.perf_counter() - tic,
-                      "compiled": compiled_now}
+            record = {
+                "step": step + 1,
+                "task": name,
+                "objective": spec.objective,
+                **metrics,
+                "step_seconds": time.perf_counter() - tic,
+                "compiled": compiled_now,
+            }
             writer.write(record)
             bar.set_postfix_str(f"{name} loss {metrics['loss']:.3f}")
             bar.update()
@@ -146,7 +156,9 @@ def train(
                 raise ImpError(f"loss of task '{name}' is {metrics['loss']} at step {step + 1}")
             done = step + 1 == train_steps
             if (step + 1) % checkpoint_every == 0 or done or stop.signal:
-                checkpointer.save(step + 1, state, {"sampler": sampler.state(), "positions": positions})
+                checkpointer.save(
+                    step + 1, state, {"sampler": sampler.state(), "positions": positions}
+                )
             if stop.signal:
                 log.warning("%s received: saved step %d, exiting", stop.signal, step + 1)
                 break
@@ -160,8 +172,22 @@ def train(
     wall = time.perf_counter() - start_time
     evaluation = {}
     if evaluate_at_end and not stop.signal:
-        evaluation = {name: heldout.evaluate(model, state["params"], s) for name, s in specs.items()}
+        evaluation = {
+            name: heldout.evaluate(model, state["params"], s) for name, s in specs.items()
+        }
     return report.write(run_dir, table.stats_by_task(), evaluation, wall)
+
+
+def _compile_step(partitioner: Partitioner, step_fn: Callable, shardings, args: tuple):
+    """AOT-compiles `step_fn(state, batch, rng)`, donating the old state's buffers."""
+    batch_shardings = jax.tree.map(lambda x: x.sharding, args[1])
+    return partitioner.compile(
+        step_fn,
+        args,
+        (shardings, batch_shardings, partitioner.replicated()),
+        (shardings, partitioner.replicated()),
+        donate_argnums=(0,),
+    )
 
 
 def _check_vocabulary(model: ImpModel, specs) -> None:

@@ -1,7 +1,8 @@
 """Optax Adam with a linear warm-up and cosine decay (seed 004 §4: Adam, no weight decay)."""
 
-import gin
 import optax
+
+import gin
 
 
 @gin.configurable
@@ -13,10 +14,16 @@ def make_optimizer(
     b2: float = 0.999,
     weight_decay: float = 0.0,
     clip_norm: float | None = 1.0,
+    decay_steps: int | None = None,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Returns the optimizer and its learning-rate schedule over `total_steps`."""
+    """Returns the optimizer and its learning-rate schedule.
+
+    The cosine decays over `decay_steps` (default: the run's `total_steps`); fix it when a
+    run will be extended, so that its first part follows the same schedule.
+    """
+    decay_steps = max(decay_steps or total_steps, 2)
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, min(warmup_steps, max(total_steps - 1, 1)), max(total_steps, 2)
+        0.0, learning_rate, min(warmup_steps, decay_steps - 1), decay_steps
     )
     if weight_decay:
         update = optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay)

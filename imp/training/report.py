@@ -34,8 +34,12 @@ def write(run_dir: Path, graphs: dict, evaluation: dict, wall_seconds: float) ->
             "heldout": evaluation.get(name, {}),
         }
     compile_seconds = sum(g["compile_seconds"] for g in graphs.values())
-    summary = {"wall_seconds": wall_seconds, "compile_seconds": compile_seconds,
-               "compile_fraction": compile_seconds / max(wall_seconds, 1e-9), "tasks": tasks}
+    summary = {
+        "wall_seconds": wall_seconds,
+        "compile_seconds": compile_seconds,
+        "compile_fraction": compile_seconds / max(wall_seconds, 1e-9),
+        "tasks": tasks,
+    }
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -58,16 +62,21 @@ def _plot_losses(losses: dict, path: Path) -> None:
 
 def format_table(summary: dict) -> str:
     """The printed summary: per task losses and compiles, then held-out metrics vs chance."""
-    rows = [f"{'task':<24}{'steps':>6}{'first loss':>11}{'last loss':>10}{'compiles':>9}{'compile s':>10}"]
+    header = ("task", "steps", "first loss", "last loss", "compiles", "compile s")
+    rows = ["{:<24}{:>6}{:>11}{:>10}{:>9}{:>10}".format(*header)]
     for name, t in summary["tasks"].items():
-        rows.append(f"{name:<24}{t['steps']:>6}{t['first_loss']:>11.3f}{t['last_loss']:>10.3f}"
-                    f"{t['compiles']:>9}{t['compile_seconds']:>10.1f}")
+        rows.append(
+            f"{name:<24}{t['steps']:>6}{t['first_loss']:>11.3f}{t['last_loss']:>10.3f}"
+            f"{t['compiles']:>9}{t['compile_seconds']:>10.1f}"
+        )
     rows.append("")
     rows.append(f"{'held-out metric':<52}{'value':>8}{'chance':>8}")
     for name, t in summary["tasks"].items():
         for metric, m in t["heldout"].items():
             rows.append(f"{name + ' ' + metric:<52}{m['value']:>8.3f}{m['chance']:>8.3f}")
     rows.append("")
-    rows.append(f"wall {summary['wall_seconds']:.0f} s, compile {summary['compile_seconds']:.1f} s "
-                f"({100 * summary['compile_fraction']:.1f}% of wall)")
+    rows.append(
+        f"wall {summary['wall_seconds']:.0f} s, compile {summary['compile_seconds']:.1f} s "
+        f"({100 * summary['compile_fraction']:.1f}% of wall)"
+    )
     return "\n".join(rows)

@@ -6,8 +6,9 @@ run continues the same sequence of tasks.
 
 from collections.abc import Sequence
 
-import gin
 import numpy as np
+
+import gin
 
 
 @gin.configurable
@@ -21,7 +22,9 @@ class ProportionalSampler:
     def __init__(self, names: Sequence[str], rates: Sequence[float], seed: int = 0):
         rates = np.asarray(rates, np.float64)
         if len(names) != len(rates) or not len(names) or np.any(rates <= 0):
-            raise ValueError(f"need a positive rate per task, got {dict(zip(names, rates))}")
+            raise ValueError(
+                f"need a positive rate per task, got {dict(zip(names, rates, strict=False))}"
+            )
         self.names = list(names)
         self.probabilities = rates / rates.sum()
         self.rng = np.random.default_rng(seed)

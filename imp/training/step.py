@@ -34,15 +34,26 @@ def _keep_untouched(new, old, untouched: set[str]):
     return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
-def make_train_step(model: ImpModel, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    task, freeze_untouched: bool = True) -> Callable:
+def make_train_step(
+    model: ImpModel,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    task,
+    freeze_untouched: bool = True,
+) -> Callable:
     """`(state, batch, rng) -> (state, metrics)` for `task` (an `imp.tasks.TaskSpec`)."""
 
     def loss_fn(params, batch, rng):
         inputs = {m: batch[m] for m in task.modalities}
         head = task.head if task.objective == "softmax" else None
-        out = model.apply({"params": params}, inputs, head=head, drop_rate=task.drop_rate,
-                          train=True, rngs={"droptoken": rng})
+        out = model.apply(
+            {"params": params},
+            inputs,
+            head=head,
+            drop_rate=task.drop_rate,
+            train=True,
+            rngs={"droptoken": rng},
+        )
         if task.objective == "softmax":
             loss, metrics = objectives.softmax_cross_entropy(out["logits"], batch["label"])
         else:
@@ -61,8 +72,12 @@ def make_train_step(model: ImpModel, tx: optax.GradientTransformation, schedule:
             untouched = set(state["params"]) - used_parameters(task)
             params = _keep_untouched(params, state["params"], untouched)
             opt_state = _keep_untouched(opt_state, state["opt_state"], untouched)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": schedule(state["step"])}
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state["step"]),
+        }
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
     return step

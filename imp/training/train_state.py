@@ -24,14 +24,22 @@ def state_shardings(model: ImpModel, tx: optax.GradientTransformation, partition
     params = partitioner.logical_shardings(boxed)["params"]
     abstract_params = nn.unbox(boxed)["params"]
     opt_state = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, abstract_params), params,
+        tx,
+        lambda _, sharding: sharding,
+        jax.eval_shape(tx.init, abstract_params),
+        params,
         transform_non_params=lambda _: partitioner.replicated(),
     )
     return {"step": partitioner.replicated(), "params": params, "opt_state": opt_state}
 
 
-def create(model: ImpModel, tx: optax.GradientTransformation, partitioner, rng: jax.Array,
-           shardings: TrainState) -> TrainState:
+def create(
+    model: ImpModel,
+    tx: optax.GradientTransformation,
+    partitioner,
+    rng: jax.Array,
+    shardings: TrainState,
+) -> TrainState:
     """Initialises the state directly into its shardings."""
 
     compiled = partitioner.compile(
@@ -40,8 +48,11 @@ def create(model: ImpModel, tx: optax.GradientTransformation, partitioner, rng: 
     return compiled(rng)
 
 
-def abstract(shardings: TrainState, model: ImpModel, tx: optax.GradientTransformation) -> TrainState:
+def abstract(
+    shardings: TrainState, model: ImpModel, tx: optax.GradientTransformation
+) -> TrainState:
     """`jax.ShapeDtypeStruct`s with shardings: the restore target for checkpoints."""
     shapes = jax.eval_shape(functools.partial(_fresh, model, tx), jax.random.key(0))
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )

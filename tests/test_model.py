@@ -1,0 +1,103 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imp.modeling.embedders import FactorisedPositions, VisionEmbedder, drop_tokens
+from imp.modeling.encoder import Encoder
+from imp.modeling.model import ImpModel, init_variables
+
+SMALL = dict(d_model=16, num_layers=3, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
+
+
+def _init(model, *inputs):
+    return nn.unbox(model.init(jax.random.key(0), *inputs))
+
+
+def _scanned_to_unrolled(params, num_layers):
+    stacked = params["layers"]
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+    return out
+
+
+def test_scan_equals_unrolled_outputs_and_grads():
+    x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+    mask = jnp.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
+    scanned = Encoder(3, 2, 32, scan_layers=True)
+    unrolled = Encoder(3, 2, 32, scan_layers=False)
+    params = _init(scanned, x, mask)["params"]
+    mapped = _scanned_to_unrolled(params, 3)
+
+    def loss(model, p):
+        return (model.apply({"params": p}, x, mask) ** 2).sum()
+
+    np.testing.assert_allclose(
+        scanned.apply({"params": params}, x, mask),
+        unrolled.apply({"params": mapped}, x, mask),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    g_scan = _scanned_to_unrolled(jax.grad(lambda p: loss(scanned, p))(params), 3)
+    g_unrolled = jax.grad(lambda p: loss(unrolled, p))(mapped)
+    for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_unrolled), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)  # key-bias grads are 0 + noise
+
+
+@pytest.mark.parametrize("policy", ["full", "dots_saveable", "minimal"])
+@pytest.mark.parametrize("scan", [True, False])
+def test_remat_changes_nothing_numerically(policy, scan):
+    x = jax.random.normal(jax.random.key(2), (2, 6, 16))
+    mask = jnp.ones((2, 6), bool)
+    plain = Encoder(3, 2, 32, scan_layers=scan)
+    remat = Encoder(3, 2, 32, scan_layers=scan, remat_policy=policy)
+    params = _init(plain, x, mask)
+
+    def grads(model):
+        return jax.grad(lambda p: (model.apply(p, x, mask) ** 2).sum())(params)
+
+    for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(remat)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_text_padding_does_not_change_real_tokens():
+    model = ImpModel(**SMALL)
+    params = nn.unbox(init_variables(model, jax.random.key(0)))
+    short = jnp.array([[3, 4, 5, 0]])
+    padded = jnp.array([[3, 4, 5, 0, 0, 0, 0, 0]])
+    a = model.apply(params, "text", short, method=ImpModel.encode)[0][:, :3]
+    b = model.apply(params, "text", padded, method=ImpModel.encode)[0][:, :3]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    ea = model.apply(params, {"text": short})["embedding/text"]
+    eb = model.apply(params, {"text": padded})["embedding/text"]
+    np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
+
+
+def test_positions_follow_token_coordinates():
+    """A grid at a new resolution reads the tables at its own (t, h, w) coordinates."""
+    module = FactorisedPositions(4, (3, 5, 6))
+    coords = jnp.array([[0, 0, 0], [2, 4, 5], [1, 3, 0]])
+    params = module.init(jax.random.key(0), coords)
+    tables = [nn.unbox(params)["params"][f"axis_{a}"] for a in range(3)]
+    expected = np.stack([sum(tables[a][c[a]] for a in range(3)) for c in np.asarray(coords)])
+    np.testing.assert_allclose(module.apply(params, coords), expected, rtol=1e-6)
+
+
+def test_vision_embedder_tiles_stills_and_orders_tubelets():
+    embedder = VisionEmbedder(8, patch=(2, 4, 4), max_grid=(4, 4, 4))
+    params = embedder.init(jax.random.key(0), jnp.zeros((1, 2, 8, 8, 3)))
+    still = jax.random.normal(jax.random.key(1), (1, 1, 8, 8, 3))
+    tokens, mask = embedder.apply(params, still)
+    assert tokens.shape == (1, 4, 8) and mask.all()  # one tubelet deep, 2 x 2 spatially
+    tiled, _ = embedder.apply(params, jnp.concatenate([still, still], axis=1))
+    np.testing.assert_allclose(tokens, tiled, rtol=1e-6)
+
+
+def test_drop_tokens_keeps_order_and_positions():
+    tokens = jnp.arange(10, dtype=jnp.float32).reshape(1, 10, 1) * jnp.ones((2, 10, 3))
+    kept, mask = drop_tokens(tokens, jnp.ones((2, 10), bool), 0.6, jax.random.key(0))
+    assert kept.shape == (2, 4, 3) and mask.shape == (2, 4)
+    for row in np.asarray(kept[..., 0]):
+        assert np.all(np.diff(row) > 0) and set(row) <= set(range(10))

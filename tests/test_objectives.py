@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from imp import objectives
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _normalised(rng, shape):
+    x = rng.normal(size=shape)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_softmax_cross_entropy_matches_numpy(smoothing):
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(6, 5)), np.array([0, 1, 2, 3, 4, 0])
+    targets = np.eye(5)[labels] * (1 - smoothing) + smoothing / 5
+    expected = -(targets * _log_softmax(logits)).sum(-1).mean()
+    loss, metrics = objectives.softmax_cross_entropy(logits, labels, smoothing)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    assert metrics["accuracy"] == np.mean(logits.argmax(-1) == labels)
+
+
+def _nce_reference(a, b, scale):
+    """Naive loop: for each row, -log softmax of its positive, both directions."""
+    total = 0.0
+    for i in range(len(a)):
+        row = scale * np.array([a[i] @ b[j] for j in range(len(b))])
+        col = scale * np.array([b[i] @ a[j] for j in range(len(a))])
+        total += -_log_softmax(row)[i] - _log_softmax(col)[i]
+    return total / (2 * len(a))
+
+
+def test_pairwise_nce_matches_naive_loop():
+    rng = np.random.default_rng(1)
+    a, b = _normalised(rng, (7, 4)), _normalised(rng, (7, 4))
+    loss, _ = objectives.pairwise_nce(a, b, 3.0)
+    np.testing.assert_allclose(loss, _nce_reference(a, b, 3.0), rtol=1e-5)
+
+
+def test_nce_averages_all_modality_pairs():
+    rng = np.random.default_rng(2)
+    e = {m: _normalised(rng, (5, 3)) for m in ("vision", "waveform", "text")}
+    pairs = [("text", "vision"), ("text", "waveform"), ("vision", "waveform")]
+    expected = np.mean([_nce_reference(e[x], e[y], 10.0) for x, y in pairs])
+    loss, metrics = objectives.nce(e, 10.0)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    assert set(metrics) == {f"accuracy/{x}_{y}" for x, y in pairs}
+
+
+def test_nce_of_perfectly_aligned_pairs_is_near_zero():
+    a = np.eye(4)
+    loss, metrics = objectives.nce({"vision": a, "text": a}, 100.0)
+    assert loss < 1e-6 and metrics["accuracy/text_vision"] == 1.0
