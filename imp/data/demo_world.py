@@ -29,7 +29,7 @@ from sklearn.datasets import load_digits
 
 from imp.errors import ImpError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: 24 px glyphs moving 1 px per frame
 DIRECTIONS = ("left", "right", "up", "down")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
