@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from imp.modeling.embedders import FactorisedPositions, VisionEmbedder, drop_tokens
-from imp.modeling.encoder import Encoder
+from imp.modeling.encoder import Encoder, MoeConfig
 from imp.modeling.model import ImpModel, init_variables
 
 SMALL = dict(d_model=16, num_layers=3, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
@@ -15,33 +15,49 @@ def _init(model, *inputs):
     return nn.unbox(model.init(jax.random.key(0), *inputs))
 
 
-def _scanned_to_unrolled(params, num_layers):
-    stacked = params["layers"]
-    out = {k: v for k, v in params.items() if k != "layers"}
-    for i in range(num_layers):
-        out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+def _scanned_to_unrolled(params, repeats):
+    """`segment_j` stacked over repeats -> `segment_j_r` per repeat."""
+    out = {k: v for k, v in params.items() if not k.startswith("segment_")}
+    for name, stacked in params.items():
+        if name.startswith("segment_"):
+            for r in range(repeats[name]):
+                out[f"{name}_{r}"] = jax.tree.map(lambda x, r=r: x[r], stacked)
     return out
 
 
-def test_scan_equals_unrolled_outputs_and_grads():
+ENCODERS = {
+    "dense": (dict(), {"segment_0": 4}),
+    "moe_every_2": (dict(moe=MoeConfig(4), moe_every=2), {"segment_0": 2}),
+    "moe_last_1": (
+        dict(moe=MoeConfig(4, "tokens_choose"), moe_last=1),
+        {"segment_0": 3, "segment_1": 1},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_scan_equals_unrolled_outputs_and_grads(name):
+    kwargs, repeats = ENCODERS[name]
     x = jax.random.normal(jax.random.key(1), (2, 5, 16))
     mask = jnp.array([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], bool)
-    scanned = Encoder(3, 2, 32, scan_layers=True)
-    unrolled = Encoder(3, 2, 32, scan_layers=False)
+    scanned = Encoder(4, 2, 32, scan_layers=True, **kwargs)
+    unrolled = Encoder(4, 2, 32, scan_layers=False, **kwargs)
     params = _init(scanned, x, mask)["params"]
-    mapped = _scanned_to_unrolled(params, 3)
+    mapped = _scanned_to_unrolled(params, repeats)
 
     def loss(model, p):
-        return (model.apply({"params": p}, x, mask) ** 2).sum()
+        return (model.apply({"params": p}, x, mask)[0] ** 2).sum()
 
-    np.testing.assert_allclose(
+    (a, stats_a), (b, stats_b) = (
         scanned.apply({"params": params}, x, mask),
         unrolled.apply({"params": mapped}, x, mask),
-        rtol=1e-5,
-        atol=1e-6,
     )
-    g_scan = _scanned_to_unrolled(jax.grad(lambda p: loss(scanned, p))(params), 3)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for key in stats_a:
+        np.testing.assert_allclose(stats_a[key], stats_b[key], rtol=1e-5, atol=1e-6)
+    g_scan = _scanned_to_unrolled(jax.grad(lambda p: loss(scanned, p))(params), repeats)
     g_unrolled = jax.grad(lambda p: loss(unrolled, p))(mapped)
+    assert jax.tree.structure(g_scan) == jax.tree.structure(g_unrolled)
     for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_unrolled), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)  # key-bias grads are 0 + noise
 
@@ -56,7 +72,7 @@ def test_remat_changes_nothing_numerically(policy, scan):
     params = _init(plain, x, mask)
 
     def grads(model):
-        return jax.grad(lambda p: (model.apply(p, x, mask) ** 2).sum())(params)
+        return jax.grad(lambda p: (model.apply(p, x, mask)[0] ** 2).sum())(params)
 
     for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(remat)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -3,12 +3,20 @@
 Seed 004 §3.1: `nn.scan` traces one layer and loops it (compile time independent of depth);
 `nn.remat` recomputes activations in the backward pass (memory for compute). Both are
 numerically neutral, and `scan_layers=False` keeps an unrolled form for comparison.
+
+Layers come in segments of a repeated pattern: dense only (`("dense",) x L`), a MoE FFN every
+k-th layer (`("dense",) * (k-1) + ("moe",)` repeated L/k times, as V-MoE/LIMoE), or the last
+n layers MoE (a dense segment, then a MoE segment). Each segment is one scan.
 """
+
+import dataclasses
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from imp.modeling.layers import LayerNorm, MlpBlock, SelfAttention, constrain
+from imp.modeling.moe import MoeMlp
 
 REMAT_POLICIES = {
     "none": None,
@@ -18,49 +26,120 @@ REMAT_POLICIES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    num_experts: int
+    router: str = "experts_choose"
+    capacity_factor: float = 1.0
+    max_group_size: int = 4096
+    top_k: int = 1
+    batch_priority: bool = False
+
+
+def layer_plan(
+    num_layers: int, moe_every: int = 0, moe_last: int = 0
+) -> list[tuple[tuple[str, ...], int]]:
+    """Segments `(pattern, repeats)` covering `num_layers` layers."""
+    if moe_every and moe_last:
+        raise ValueError("set moe_every or moe_last, not both")
+    if moe_every:
+        if num_layers % moe_every:
+            raise ValueError(f"num_layers={num_layers} is not a multiple of moe_every={moe_every}")
+        return [(("dense",) * (moe_every - 1) + ("moe",), num_layers // moe_every)]
+    if not 0 <= moe_last <= num_layers:
+        raise ValueError(f"moe_last={moe_last} must lie in [0, num_layers={num_layers}]")
+    plan = [(("dense",), num_layers - moe_last), (("moe",), moe_last)]
+    return [(pattern, repeats) for pattern, repeats in plan if repeats]
+
+
 class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
+    moe: MoeConfig | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, None]:
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
         x = constrain(x, ("batch", "length", "embed"))
-        x = x + SelfAttention(self.num_heads, name="attention")(
-            LayerNorm(name="ln_attention")(x), mask
+        attention = SelfAttention(self.num_heads, name="attention")
+        x = x + attention(LayerNorm(name="ln_attention")(x), mask)
+        h = LayerNorm(name="ln_mlp")(x)
+        if self.moe is None:
+            return x + MlpBlock(self.mlp_dim, name="mlp")(h), {}
+        moe = MoeMlp(
+            self.moe.num_experts,
+            self.mlp_dim,
+            self.moe.router,
+            self.moe.capacity_factor,
+            self.moe.max_group_size,
+            self.moe.top_k,
+            self.moe.batch_priority,
+            name="moe",
         )
-        x = x + MlpBlock(self.mlp_dim, name="mlp")(LayerNorm(name="ln_mlp")(x))
-        return x, None  # (carry, per-layer output) as nn.scan expects
+        y, stats = moe(h, mask)
+        return x + y, stats
+
+
+class BlockGroup(nn.Module):
+    """One repeat of a segment's pattern; returns (tokens, routing stats of its MoE blocks)."""
+
+    pattern: tuple[str, ...]
+    num_heads: int
+    mlp_dim: int
+    moe: MoeConfig | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[dict]]:
+        stats = []
+        for i, kind in enumerate(self.pattern):
+            moe = self.moe if kind == "moe" else None
+            x, s = EncoderBlock(self.num_heads, self.mlp_dim, moe, name=f"{kind}_{i}")(x, mask)
+            if s:
+                stats.append(s)
+        return x, stats  # (carry, per-layer output) as nn.scan expects
 
 
 class Encoder(nn.Module):
-    """`[batch, length, embed]` tokens with `[batch, length]` mask -> encoded tokens."""
+    """`[batch, length, embed]` tokens with `[batch, length]` mask -> encoded tokens and the
+    routing statistics averaged over MoE layers (empty for a dense encoder)."""
 
     num_layers: int
     num_heads: int
     mlp_dim: int
     scan_layers: bool = True
     remat_policy: str = "none"
+    moe: MoeConfig | None = None
+    moe_every: int = 0
+    moe_last: int = 0
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy '{self.remat_policy}' not in {sorted(REMAT_POLICIES)}")
-        block = EncoderBlock
+        group = BlockGroup
         if self.remat_policy != "none":
-            block = nn.remat(
-                block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers
+            group = nn.remat(
+                group, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers
             )
-        if self.scan_layers:
-            stack = nn.scan(
-                block,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
-                length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )(self.num_heads, self.mlp_dim, name="layers")
-            x, _ = stack(x, mask)
-        else:
-            for i in range(self.num_layers):
-                x, _ = block(self.num_heads, self.mlp_dim, name=f"layers_{i}")(x, mask)
-        return LayerNorm(name="ln_final")(x)
+        moe_every, moe_last = (self.moe_every, self.moe_last) if self.moe else (0, 0)
+        layer_stats = []
+        for j, (pattern, repeats) in enumerate(layer_plan(self.num_layers, moe_every, moe_last)):
+            args = (pattern, self.num_heads, self.mlp_dim, self.moe)
+            if self.scan_layers:
+                stack = nn.scan(
+                    group,
+                    variable_axes={"params": 0},
+                    split_rngs={"params": True},
+                    in_axes=nn.broadcast,
+                    length=repeats,
+                    metadata_params={nn.PARTITION_NAME: "layers"},
+                )(*args, name=f"segment_{j}")
+                x, stats = stack(x, mask)  # stats leaves: [repeats, ...]
+                layer_stats += [jax.tree.map(lambda v: v.mean(0), s) for s in stats]
+            else:
+                for r in range(repeats):
+                    x, stats = group(*args, name=f"segment_{j}_{r}")(x, mask)
+                    layer_stats += stats
+        stats = (
+            jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), 0), *layer_stats) if layer_stats else {}
+        )
+        return LayerNorm(name="ln_final")(x), stats

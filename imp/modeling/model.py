@@ -5,6 +5,7 @@ reads its dataset's linear head on the pooled tokens, a contrastive task reads o
 per modality into the common space, scaled by a learned temperature.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 
 import gin
 from imp.modeling.embedders import TextEmbedder, VisionEmbedder, WaveformEmbedder, drop_tokens
-from imp.modeling.encoder import Encoder
+from imp.modeling.encoder import Encoder, MoeConfig
 from imp.modeling.heads import ClassifierHead, Projection, masked_mean
 
 MODALITIES = ("vision", "waveform", "text")
@@ -42,6 +43,19 @@ class ImpModel(nn.Module):
     scan_layers: bool = True
     remat_policy: str = "none"
     head_init: str = "zeros"
+    # Mixture-of-Experts (seed 004 §3.3): 0 experts = dense. MoE FFN every `moe_every`-th
+    # layer (V-MoE / LIMoE place one every other layer) or in the last `moe_last` layers.
+    num_experts: int = 0
+    moe_every: int = 2
+    moe_last: int = 0
+    router: str = "experts_choose"
+    capacity_factor: float = 1.0
+    max_group_size: int = 4096
+    top_k: int = 1
+    batch_priority: bool = False
+    # "shared": one encoder for every modality (IMP); "per_modality": the multi-tower
+    # baseline of seed 004 §4, one encoder per modality with the same blocks.
+    towers: str = "shared"
 
     def setup(self):
         self.embedders = {
@@ -51,9 +65,33 @@ class ImpModel(nn.Module):
             ),
             "text": TextEmbedder(self.d_model, self.vocab_size, self.max_text_length),
         }
-        self.encoder = Encoder(
-            self.num_layers, self.num_heads, self.mlp_dim, self.scan_layers, self.remat_policy
+        moe = None
+        if self.num_experts:
+            moe = MoeConfig(
+                self.num_experts,
+                self.router,
+                self.capacity_factor,
+                self.max_group_size,
+                self.top_k,
+                self.batch_priority,
+            )
+        make_encoder = functools.partial(
+            Encoder,
+            self.num_layers,
+            self.num_heads,
+            self.mlp_dim,
+            self.scan_layers,
+            self.remat_policy,
+            moe,
+            self.moe_every if moe else 0,
+            self.moe_last,
         )
+        if self.towers == "shared":
+            self.encoder = make_encoder()
+        elif self.towers == "per_modality":
+            self.encoders = {m: make_encoder() for m in MODALITIES}
+        else:
+            raise ValueError(f"towers '{self.towers}' is neither 'shared' nor 'per_modality'")
         self.projections = {m: Projection(self.embed_dim) for m in MODALITIES}
         self.classifiers = {name: ClassifierHead(n, self.head_init) for name, n in self.heads}
         self.logit_scale = self.param(
@@ -62,12 +100,15 @@ class ImpModel(nn.Module):
 
     def encode(
         self, modality: str, x: jax.Array, drop_rate: float = 0.0, train: bool = False
-    ) -> tuple[jax.Array, jax.Array]:
-        """One modality -> encoded tokens `[batch, length, d_model]` and their mask."""
+    ) -> tuple[jax.Array, jax.Array, dict]:
+        """One modality -> encoded tokens `[batch, length, d_model]`, their mask, and the
+        MoE routing statistics of this modality's tokens."""
         tokens, mask = self.embedders[modality](x)
         if train and drop_rate > 0.0 and modality != "text":
             tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
-        return self.encoder(tokens, mask), mask
+        encoder = self.encoder if self.towers == "shared" else self.encoders[modality]
+        tokens, stats = encoder(tokens, mask)
+        return tokens, mask, stats
 
     def __call__(
         self,
@@ -81,8 +122,9 @@ class ImpModel(nn.Module):
         out = {"logit_scale": jnp.exp(jnp.clip(self.logit_scale, 0.0, _LOGIT_SCALE_MAX))}
         for modality in MODALITIES:
             if modality in inputs:
-                tokens, mask = self.encode(modality, inputs[modality], drop_rate, train)
+                tokens, mask, stats = self.encode(modality, inputs[modality], drop_rate, train)
                 out[f"pooled/{modality}"] = masked_mean(tokens, mask)
+                out.update({f"routing/{modality}/{k}": v for k, v in stats.items()})
         if head is not None:
             source = next(m for m in MODALITIES if f"pooled/{m}" in out)
             out["logits"] = self.classifiers[head](out[f"pooled/{source}"])

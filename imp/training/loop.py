@@ -118,8 +118,12 @@ def train(
     base_rng = jax.random.key(seed + 1)
     start_step = int(state["step"])
     start_time = time.perf_counter()
+    # disable=None shows the bar on a terminal only, keeping CI logs free of it.
     bar = tqdm.tqdm(
-        total=train_steps, initial=start_step, disable=not progress_bar, dynamic_ncols=True
+        total=train_steps,
+        initial=start_step,
+        disable=None if progress_bar else True,
+        dynamic_ncols=True,
     )
     try:
         for step in range(start_step, train_steps):
@@ -140,7 +144,7 @@ def train(
             )
             tic = time.perf_counter()
             state, metrics = compiled(state, batch, rng)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            metrics = {k: v.tolist() for k, v in jax.device_get(metrics).items()}
             record = {
                 "step": step + 1,
                 "task": name,

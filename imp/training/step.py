@@ -8,7 +8,9 @@ is compiled on its own, so this mask is static.
 
 from collections.abc import Callable
 
+import gin
 import jax
+import jax.numpy as jnp
 import optax
 
 from imp import objectives
@@ -18,7 +20,9 @@ from imp.training.train_state import TrainState
 
 def used_parameters(task) -> set[str]:
     """Top-level parameter collections the task reads."""
-    used = {"encoder"} | {f"embedders_{m}" for m in task.modalities}
+    used = {"encoder"} | {
+        f"{part}_{m}" for m in task.modalities for part in ("embedders", "encoders")
+    }
     if task.objective == "softmax":
         used.add(f"classifiers_{task.head}")
     else:
@@ -34,12 +38,15 @@ def _keep_untouched(new, old, untouched: set[str]):
     return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
+@gin.configurable(denylist=["model", "tx", "schedule", "task", "freeze_untouched"])
 def make_train_step(
     model: ImpModel,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     task,
     freeze_untouched: bool = True,
+    router_z_loss_weight: float = 0.0,
+    load_balancing_weight: float = 0.0,
 ) -> Callable:
     """`(state, batch, rng) -> (state, metrics)` for `task` (an `imp.tasks.TaskSpec`)."""
 
@@ -60,6 +67,15 @@ def make_train_step(
             embeddings = {m: out[f"embedding/{m}"] for m in task.modalities}
             loss, metrics = objectives.nce(embeddings, out["logit_scale"])
             metrics["temperature"] = 1.0 / out["logit_scale"]
+        routing = {k: v for k, v in out.items() if k.startswith("routing/")}
+        if routing:
+            aux = {
+                name: jnp.mean(jnp.stack([v for k, v in routing.items() if k.endswith(name)]))
+                for name in ("/z_loss", "/load_balancing_loss")
+            }
+            loss = loss + router_z_loss_weight * aux["/z_loss"]
+            loss = loss + load_balancing_weight * aux["/load_balancing_loss"]
+            metrics.update(routing)
         return loss, metrics
 
     def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
