@@ -11,7 +11,7 @@ import seqio
 from imp.errors import ImpError, did_you_mean
 
 OBJECTIVES = ("nce", "softmax")
-MODALITIES = ("vision", "waveform", "text")
+MODALITIES = ("vision", "waveform", "spectrogram", "text")
 
 
 @dataclasses.dataclass(frozen=True)

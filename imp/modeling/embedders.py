@@ -39,7 +39,7 @@ class VisionEmbedder(nn.Module):
         gt, gh, gw = t // pt, h // ph, w // pw
         patches = video.reshape(b, gt, pt, gh, ph, gw, pw, c)
         patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, gt * gh * gw, -1)
-        tokens = nn.Dense(self.d_model, kernel_init=dense_init(("mlp", "embed")), name="tubelet")(
+        tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="tubelet")(
             patches
         )
         coords = jnp.stack(
@@ -62,11 +62,37 @@ class WaveformEmbedder(nn.Module):
         if s % self.patch:
             raise ValueError(f"waveform length {s} is not divisible by patch {self.patch}")
         patches = waveform.reshape(b, s // self.patch, self.patch)
-        tokens = nn.Dense(self.d_model, kernel_init=dense_init(("mlp", "embed")), name="patch")(
+        tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="patch")(
             patches
         )
         coords = jnp.arange(s // self.patch)[:, None]
         tokens = tokens + FactorisedPositions(self.d_model, (self.max_length,), name="pos")(coords)
+        return tokens, jnp.ones(tokens.shape[:2], bool)
+
+
+class SpectrogramEmbedder(nn.Module):
+    """Log-mel spectrogram `[batch, time, mel]` -> 2D patches with 2D (time, frequency)
+    positions, as AudioMAE (seed 004 §3.3)."""
+
+    d_model: int
+    patch: tuple[int, int] = (16, 16)  # (time, mel)
+    max_grid: tuple[int, int] = (64, 8)
+
+    @nn.compact
+    def __call__(self, spectrogram: jax.Array) -> tuple[jax.Array, jax.Array]:
+        b, t, f = spectrogram.shape
+        pt, pf = self.patch
+        if t % pt or f % pf:
+            raise ValueError(f"spectrogram {t}x{f} is not divisible by patch {self.patch}")
+        patches = spectrogram.reshape(b, t // pt, pt, f // pf, pf).transpose(0, 1, 3, 2, 4)
+        patches = patches.reshape(b, (t // pt) * (f // pf), pt * pf)
+        tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="patch")(
+            patches
+        )
+        coords = jnp.stack(
+            jnp.meshgrid(jnp.arange(t // pt), jnp.arange(f // pf), indexing="ij"), -1
+        ).reshape(-1, 2)
+        tokens = tokens + FactorisedPositions(self.d_model, self.max_grid, name="pos")(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
 

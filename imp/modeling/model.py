@@ -13,11 +13,17 @@ import jax
 import jax.numpy as jnp
 
 import gin
-from imp.modeling.embedders import TextEmbedder, VisionEmbedder, WaveformEmbedder, drop_tokens
+from imp.modeling.embedders import (
+    SpectrogramEmbedder,
+    TextEmbedder,
+    VisionEmbedder,
+    WaveformEmbedder,
+    drop_tokens,
+)
 from imp.modeling.encoder import Encoder, MoeConfig
 from imp.modeling.heads import ClassifierHead, Projection, masked_mean
 
-MODALITIES = ("vision", "waveform", "text")
+MODALITIES = ("vision", "waveform", "spectrogram", "text")
 # CLIP's temperature: initialised at 1/0.07 and capped at 100, kept positive via the log.
 _LOGIT_SCALE_INIT = math.log(1 / 0.07)
 _LOGIT_SCALE_MAX = math.log(100.0)
@@ -26,7 +32,8 @@ _LOGIT_SCALE_MAX = math.log(100.0)
 @gin.configurable
 class ImpModel(nn.Module):
     """Inputs are a dict with any of `vision` `[batch, frames, height, width, 3]`,
-    `waveform` `[batch, samples]` and `text` `[batch, length]` (int ids, 0 = padding)."""
+    `waveform` `[batch, samples]`, `spectrogram` `[batch, time, mel]` and `text`
+    `[batch, length]` (int ids, 0 = padding)."""
 
     heads: tuple[tuple[str, int], ...] = ()  # (dataset name, number of classes)
     d_model: int = 128
@@ -40,6 +47,8 @@ class ImpModel(nn.Module):
     waveform_patch: int = 128
     max_waveform_patches: int = 128
     max_text_length: int = 64
+    spectrogram_patch: tuple[int, int] = (16, 16)
+    spectrogram_max_grid: tuple[int, int] = (64, 8)
     scan_layers: bool = True
     remat_policy: str = "none"
     head_init: str = "zeros"
@@ -62,6 +71,9 @@ class ImpModel(nn.Module):
             "vision": VisionEmbedder(self.d_model, self.vision_patch, self.vision_max_grid),
             "waveform": WaveformEmbedder(
                 self.d_model, self.waveform_patch, self.max_waveform_patches
+            ),
+            "spectrogram": SpectrogramEmbedder(
+                self.d_model, self.spectrogram_patch, self.spectrogram_max_grid
             ),
             "text": TextEmbedder(self.d_model, self.vocab_size, self.max_text_length),
         }
@@ -150,6 +162,7 @@ def dummy_inputs(model: ImpModel, batch: int = 1) -> dict[str, jax.Array]:
     return {
         "vision": jnp.zeros((batch, pt, ph, pw, 3), jnp.float32),
         "waveform": jnp.zeros((batch, model.waveform_patch), jnp.float32),
+        "spectrogram": jnp.zeros((batch, *model.spectrogram_patch), jnp.float32),
         "text": jnp.ones((batch, 4), jnp.int32),
     }
 
