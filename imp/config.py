@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import gin
+
 from imp.errors import ImpError, did_you_mean
 
 # The checkout's gin/ folder (imp is installed editable from a clone; see README).

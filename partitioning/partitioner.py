@@ -8,11 +8,11 @@ mlp/heads/vocab over `model`, embed/kv/length unsharded.
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
+import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import gin
 from imp.errors import ImpError
 
 LogicalRules = Sequence[tuple[str, str | None]]

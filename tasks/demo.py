@@ -7,12 +7,12 @@ all three pairs, and image and video classification with softmax cross-entropy.
 import functools
 from pathlib import Path
 
+import gin
 import seqio
 import tensorflow as tf
-from imp.tasks import registry
 
-import gin
 from imp.data import demo_world, dmvr
+from imp.tasks import registry
 
 MIXTURE = "demo_all"
 

@@ -42,7 +42,6 @@ def run_config(world_dir):
         )
 
     from imp.tasks import demo  # noqa: F401 - registers gin configurables
-
     from imp.training import loop  # noqa: F401
 
     return configure

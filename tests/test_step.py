@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from imp.tasks.registry import TaskSpec
 
 from imp.modeling.model import ImpModel, init_variables
+from imp.tasks.registry import TaskSpec
 from imp.training.optimizer import make_optimizer
 from imp.training.step import make_train_step
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from imp.tasks import demo, registry
 
 from imp.data import feeding
 from imp.errors import ImpError
+from imp.tasks import demo, registry
 
 EXPECTED = {
     "demo_image_text": {"vision": (4, 1, 32, 32, 3), "text": (4, 16)},

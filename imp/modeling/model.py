@@ -9,10 +9,10 @@ import functools
 import math
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
-import gin
 from imp.modeling.embedders import (
     SpectrogramEmbedder,
     TextEmbedder,

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import gin
 import jax
 import numpy as np
 import tqdm
 
-import gin
 from imp.config import write_operative_config
 from imp.data import feeding
 from imp.errors import ImpError

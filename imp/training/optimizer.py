@@ -1,8 +1,7 @@
 """Optax Adam with a linear warm-up and cosine decay (seed 004 §4: Adam, no weight decay)."""
 
-import optax
-
 import gin
+import optax
 
 
 @gin.configurable

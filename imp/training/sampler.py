@@ -6,9 +6,8 @@ run continues the same sequence of tasks.
 
 from collections.abc import Sequence
 
-import numpy as np
-
 import gin
+import numpy as np
 
 
 @gin.configurable
