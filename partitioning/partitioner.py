@@ -1,8 +1,9 @@
-"""A t5x-style partitioner on `jax.sharding`: mesh, logical axis rules, shardings, jit.
+"""A t5x-style partitioner on `jax.sharding`: mesh, logical axis rules, shardings, compile.
 
-The training loop asks it for shardings and jitted steps; the model only carries logical
-axis names. Defaults follow t5x's `standard_logical_axis_rules`: batch over `data`,
-mlp/heads/vocab over `model`, embed/kv/length unsharded.
+The training loop asks it for shardings and compiled steps; the model only carries logical
+axis names. The mesh has t5x's axes `data` and `model`, plus t5x MoE's `expert` axis carved
+out of data parallelism: experts are sharded over `expert`, and the batch over
+`(expert, data)`, so every device still holds a distinct slice of the batch.
 """
 
 from collections.abc import Callable, Sequence
@@ -15,14 +16,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imp.errors import ImpError
 
-LogicalRules = Sequence[tuple[str, str | None]]
+MESH_AXES = ("expert", "data", "model")
+LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
+# t5x's standard rules, plus MoE: experts over `expert`; inside the MoE layer, token groups
+# sit on `data` once dispatched to their experts (the all-to-all of expert parallelism).
 DEFAULT_RULES: LogicalRules = (
-    ("batch", "data"),
+    ("batch", ("expert", "data")),
     ("mlp", "model"),
     ("heads", "model"),
     ("vocab", "model"),
-    ("expert", "data"),
+    ("expert", "expert"),
+    ("expert_group", "data"),
     ("embed", None),
     ("kv", None),
     ("length", None),
@@ -32,45 +37,75 @@ DEFAULT_RULES: LogicalRules = (
 
 @gin.configurable
 class Partitioner:
-    """Places parameters and batches on a `(data, model)` device mesh."""
+    """`num_partitions` devices per model replica (`model` axis), `num_expert_partitions`
+    ways of expert parallelism; the `data` axis takes the remaining devices."""
 
     def __init__(
         self,
         num_partitions: int = 1,
+        num_expert_partitions: int = 1,
         logical_axis_rules: LogicalRules = DEFAULT_RULES,
         devices: Sequence[jax.Device] | None = None,
     ):
         devices = list(devices if devices is not None else jax.devices())
-        if num_partitions < 1 or len(devices) % num_partitions:
+        per_replica = num_partitions * num_expert_partitions
+        if num_partitions < 1 or num_expert_partitions < 1 or len(devices) % per_replica:
             raise ImpError(
-                f"Partitioner.num_partitions={num_partitions} does not divide the "
-                f"{len(devices)} devices"
+                f"Partitioner: num_partitions={num_partitions} x num_expert_partitions="
+                f"{num_expert_partitions} does not divide the {len(devices)} devices"
             )
-        grid = np.array(devices).reshape(len(devices) // num_partitions, num_partitions)
-        self.mesh = Mesh(grid, ("data", "model"))
-        self.rules = tuple(logical_axis_rules)
+        shape = (num_expert_partitions, len(devices) // per_replica, num_partitions)
+        self.mesh = Mesh(np.array(devices).reshape(shape), MESH_AXES)
+        self.rules = tuple((name, target) for name, target in logical_axis_rules)
+        for name, target in self.rules:
+            targets = target if isinstance(target, tuple) else (target,)
+            unknown = [t for t in targets if t is not None and t not in MESH_AXES]
+            if unknown:
+                raise ImpError(
+                    f"Partitioner.logical_axis_rules: rule ('{name}', {target!r}) names mesh "
+                    f"axis {unknown[0]!r}; the mesh axes are {MESH_AXES}"
+                )
 
     @property
     def data_parallelism(self) -> int:
-        return self.mesh.shape["data"]
+        return self.mesh.shape["expert"] * self.mesh.shape["data"]
 
     def sharding(self, spec: PartitionSpec) -> NamedSharding:
         return NamedSharding(self.mesh, spec)
-
-    def logical_shardings(self, boxed_tree) -> object:
-        """Shardings for a tree of flax `LogicallyPartitioned` boxes (or plain arrays)."""
-        specs = nn.get_partition_spec(boxed_tree)
-        return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
 
     def replicated(self) -> NamedSharding:
         return self.sharding(PartitionSpec())
 
     def batch_sharding(self) -> NamedSharding:
-        return self.sharding(PartitionSpec("data"))
+        return self.sharding(PartitionSpec(("expert", "data")))
+
+    def logical_shardings(self, boxed_tree) -> object:
+        """Shardings for a tree of flax `LogicallyPartitioned` boxes; every logical name the
+        tree uses must have a rule (an unknown one would silently replicate)."""
+        specs = nn.get_partition_spec(boxed_tree)
+        known = {name for name, _ in self.rules}
+        for path, spec in jax.tree_util.tree_leaves_with_path(
+            specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+        ):
+            for name in spec:
+                if name is not None and name not in known:
+                    raise ImpError(
+                        f"logical axis '{name}' of parameter {jax.tree_util.keystr(path)} has no "
+                        f"rule in Partitioner.logical_axis_rules (known: {sorted(known)})"
+                    )
+        return nn.logical_to_mesh_sharding(specs, self.mesh, self.rules)
 
     def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        """This process's slice of the global batch -> global arrays sharded over `data`."""
+        """This process's slice of the global batch -> global arrays sharded over the batch
+        axes (each process passes only its own rows)."""
         sharding = self.batch_sharding()
+        local_devices = self.data_parallelism // jax.process_count()
+        for name, rows in local_batch.items():
+            if len(rows) % local_devices:
+                raise ImpError(
+                    f"feature '{name}': a batch of {len(rows)} rows per process does not split "
+                    f"over this process's {local_devices} data-parallel devices"
+                )
         return {
             k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()
         }
@@ -85,8 +120,9 @@ class Partitioner:
     ) -> jax.stages.Compiled:
         """Ahead-of-time compiles `fn` for `args` (arrays or `jax.ShapeDtypeStruct`s).
 
-        Lowering runs under the mesh and our rules so `with_logical_constraint` annotations
-        inside the model resolve to mesh axes.
+        `jax.jit` with explicit shardings, lowered under the mesh and our rules so the
+        model's `with_logical_constraint` annotations resolve to mesh axes (a legacy
+        `with mesh:` block would drop them silently).
         """
         jitted = jax.jit(
             fn,

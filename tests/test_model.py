@@ -117,3 +117,30 @@ def test_drop_tokens_keeps_order_and_positions():
     assert kept.shape == (2, 4, 3) and mask.shape == (2, 4)
     for row in np.asarray(kept[..., 0]):
         assert np.all(np.diff(row) > 0) and set(row) <= set(range(10))
+
+
+def test_droptoken_keeps_a_subset_of_positioned_tokens_in_training_only():
+    model = ImpModel(**SMALL, vision_patch=(1, 4, 4))
+    params = nn.unbox(init_variables(model, jax.random.key(0)))
+    video = jax.random.normal(jax.random.key(3), (2, 2, 8, 8, 3))  # 2 x 2 x 2 = 8 tokens
+    embedded, _ = model.apply(params, video, method=lambda m, v: m.embedders["vision"](v))
+    kept, _ = drop_tokens(embedded, jnp.ones((2, 8), bool), 0.75, jax.random.key(7))
+    assert kept.shape == (2, 2, 16)
+    for b in range(2):  # every kept token is one of the example's positioned tokens
+        distances = np.abs(np.asarray(embedded[b])[None] - np.asarray(kept[b])[:, None]).sum(-1)
+        assert (distances.min(1) < 1e-6).all()
+    rngs = {"droptoken": jax.random.key(7)}
+    train = model.apply(params, "vision", video, 0.75, True, method=ImpModel.encode, rngs=rngs)
+    evaluation = model.apply(params, "vision", video, 0.75, False, method=ImpModel.encode)
+    assert train[0].shape == (2, 2, 16) and evaluation[0].shape == (2, 8, 16)
+
+
+def test_spectrogram_patches_and_positions():
+    model = ImpModel(**SMALL, spectrogram_patch=(4, 4), spectrogram_max_grid=(8, 4))
+    params = nn.unbox(init_variables(model, jax.random.key(0)))
+    out = model.apply(params, {"spectrogram": jnp.ones((3, 16, 8))})
+    assert out["embedding/spectrogram"].shape == (3, 8)
+    tokens, mask, _ = model.apply(
+        params, "spectrogram", jnp.ones((3, 16, 8)), method=ImpModel.encode
+    )
+    assert tokens.shape == (3, 8, 16) and mask.all()  # (16 / 4) x (8 / 4) patches

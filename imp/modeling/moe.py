@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from imp.modeling.layers import param_with_axes
+from imp.modeling.layers import constrain, param_with_axes
 
 ROUTERS = ("experts_choose", "tokens_choose")
 
@@ -114,7 +114,7 @@ class MoeMlp(nn.Module):
             raise ValueError(f"router '{self.router}' not in {ROUTERS}")
         b, length, d = x.shape
         g = num_groups(b * length, self.max_group_size)
-        tokens = x.reshape(g, -1, d)  # [G, S, D]
+        tokens = constrain(x.reshape(g, -1, d), ("batch", None, "embed"))  # [G, S, D]
         real = mask.reshape(g, -1).astype(x.dtype)  # [G, S]
         w_router = param_with_axes(
             self, "router", nn.initializers.normal(0.02), (d, self.num_experts), ("embed", None)
@@ -126,13 +126,20 @@ class MoeMlp(nn.Module):
             routing = experts_choose(probs, self.capacity_factor)
         else:
             routing = tokens_choose(probs, self.top_k, self.capacity_factor, self.batch_priority)
-        expert_in = jnp.einsum("gsec,gsd->egcd", routing.dispatch, tokens)
-        out = self._experts(expert_in)  # [E, G, C, D]
-        y = jnp.einsum("gsec,egcd->gsd", routing.combine, out).reshape(b, length, d)
+        # Under expert parallelism these two constraints make the dispatch and the combine
+        # all-to-alls: groups move from the batch axes to their experts' devices and back.
+        on_experts = ("expert", "expert_group", None, "embed")
+        expert_in = constrain(jnp.einsum("gsec,gsd->egcd", routing.dispatch, tokens), on_experts)
+        out = constrain(self._experts(expert_in), on_experts)  # [E, G, C, D]
+        y = jnp.einsum("gsec,egcd->gsd", routing.combine, out)
+        y = constrain(y, ("batch", None, "embed")).reshape(b, length, d)
         num_real = jnp.maximum(real.sum(), 1.0)
         processed = (routing.dispatch.sum(axis=(2, 3)) > 0).astype(x.dtype) * real
         stats = {
             "expert_fraction": routing.dispatch.sum(axis=(0, 1, 3)) / num_real,  # [E]
+            # Under experts-choose every expert fills its C slots whatever the modality, so
+            # the router's preference per expert is the informative view of specialisation.
+            "router_probability": probs.sum(axis=(0, 1)) / num_real,  # [E]
             "dropped_fraction": 1.0 - processed.sum() / num_real,
             "load_balancing_loss": load_balancing_loss(probs),
             "z_loss": z_loss(logits),
