@@ -55,6 +55,7 @@ def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _configure(args: argparse.Namespace, flag_bindings: list[str]) -> None:
     from imp import config
+    from imp.partitioning import distributed  # noqa: F401 - registers initialize with gin
     from imp.tasks import demo  # noqa: F401 - registers prepare_demo with gin
     from imp.training import loop  # noqa: F401 - registers train and its parts with gin
 
@@ -65,10 +66,13 @@ def _configure(args: argparse.Namespace, flag_bindings: list[str]) -> None:
 
 def _train(args, flag_bindings) -> int:
     _configure(args, flag_bindings)
+    from imp.partitioning import distributed
     from imp.training import loop, report
 
+    distributed.initialize()  # before anything asks JAX for devices
     summary = loop.train()
-    print(report.format_table(summary))
+    if summary:  # the first process reports
+        print(report.format_table(summary))
     return 0
 
 

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import gin
 import jax
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from imp.config import write_operative_config
 from imp.data import feeding
@@ -41,9 +43,7 @@ def make_run_dir(model_dir: str | os.PathLike) -> Path:
     run_dir = Path(model_dir).expanduser()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        tempfile.TemporaryFile(dir=run_dir).close()  # a private probe: processes share the dir
     except OSError as e:
         raise ImpError(f"MODEL_DIR '{model_dir}' is not writable ({e.strerror})") from None
     return run_dir
@@ -80,7 +80,7 @@ def train(
     progress_bar: bool = True,
 ) -> dict:
     """Trains `mixture_or_task_name` for `train_steps` steps into `model_dir`; returns the
-    summary (also written to `report/summary.json`)."""
+    summary (also written to `report/summary.json`) on the first process, {} on the others."""
     run_dir = make_run_dir(model_dir)
     if prepare_data is not None:
         prepare_data()
@@ -174,8 +174,14 @@ def train(
         checkpointer.close()
     write_operative_config(run_dir / "config.gin")
     wall = time.perf_counter() - start_time
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("imp.train finished")  # nobody exits early
+    if jax.process_index() != 0:
+        return {}
     evaluation = {}
-    if evaluate_at_end and not stop.signal:
+    if evaluate_at_end and jax.process_count() > 1:
+        log.warning("held-out evaluation at the end runs single-process only; use `imp eval`")
+    elif evaluate_at_end and not stop.signal:
         evaluation = {
             name: heldout.evaluate(model, state["params"], s) for name, s in specs.items()
         }

@@ -3,21 +3,30 @@
 import json
 from pathlib import Path
 
+import jax
 from tensorboardX import SummaryWriter
 
 
 class MetricsWriter:
+    """Writes on the first process only (every process computes the same metrics)."""
+
     def __init__(self, run_dir: Path):
-        self.jsonl = (run_dir / "metrics.jsonl").open("a")
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        self.active = jax.process_index() == 0
+        if self.active:
+            self.jsonl = (run_dir / "metrics.jsonl").open("a")
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, record: dict) -> None:
         """`record` has `step` and `task`; its other numbers become scalars `<task>/<name>`."""
+        if not self.active:
+            return
         self.jsonl.write(json.dumps(record) + "\n")
         for name, value in record.items():
             if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
                 self.tensorboard.add_scalar(f"{record['task']}/{name}", value, record["step"])
 
     def close(self) -> None:
+        if not self.active:
+            return
         self.jsonl.close()
         self.tensorboard.close()
