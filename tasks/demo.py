@@ -32,11 +32,18 @@ def default_data_dir(seed: int = 0) -> Path:
 
 @gin.configurable
 def prepare_demo(
-    data_dir: str | None = None, seed: int = 0, batch_size: int = 32, text_length: int = 16
+    data_dir: str | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    text_length: int = 16,
+    num_images: int | None = None,
 ) -> None:
-    """Generates the demo world if needed, then registers its tasks and `demo_all`."""
+    """Generates the demo world if needed, then registers its tasks and `demo_all`.
+
+    `num_images` limits the world to the first N digit images (tests); None uses all.
+    """
     root = Path(data_dir) if data_dir else default_data_dir(seed)
-    manifest = demo_world.ensure(root, seed)
+    manifest = demo_world.ensure(root, seed, num_images)
     register_demo(root, manifest, batch_size, text_length)
 
 

@@ -1,6 +1,7 @@
 """Each user error ends with one line naming the culprit and exit code 2, no traceback."""
 
 import pytest
+from conftest import WORLD_IMAGES
 
 from imp import cli
 
@@ -29,7 +30,12 @@ def test_gin_errors_name_the_culprit(argv, culprit, capsys):
 def test_unwritable_model_dir(tmp_path, capsys, world_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    argv = ["train", f"--gin.MODEL_DIR={blocker}/run", f"--gin.prepare_demo.data_dir={world_dir}"]
+    argv = [
+        "train",
+        f"--gin.MODEL_DIR={blocker}/run",
+        f"--gin.prepare_demo.data_dir={world_dir}",
+        f"--gin.prepare_demo.num_images={WORLD_IMAGES}",
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert f"MODEL_DIR '{blocker}/run' is not writable" in err
@@ -42,6 +48,7 @@ def test_unknown_mixture(tmp_path, capsys, world_dir):
         f"--gin.MODEL_DIR={tmp_path}",
         "--gin.MIXTURE_OR_TASK_NAME=demo_vidoe_cls",
         f"--gin.prepare_demo.data_dir={world_dir}",
+        f"--gin.prepare_demo.num_images={WORLD_IMAGES}",
     ]
     assert cli.main(argv) == 2
     assert "did you mean demo_video_cls" in capsys.readouterr().err

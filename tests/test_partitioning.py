@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import WORLD_IMAGES
 
 from imp import cli
 
@@ -158,6 +159,7 @@ def test_bad_mesh_is_a_clear_error(flag, culprit, tmp_path, world_dir, capsys):
         "train",
         f"--gin.MODEL_DIR={tmp_path}",
         f"--gin.prepare_demo.data_dir={world_dir}",
+        f"--gin.prepare_demo.num_images={WORLD_IMAGES}",
         flag,
     ]
     assert cli.main(argv) == 2

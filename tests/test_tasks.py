@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import WORLD_IMAGES
 
 from imp.data import feeding
 from imp.errors import ImpError
@@ -16,7 +17,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def registered(world_dir):
-    demo.prepare_demo(data_dir=str(world_dir), batch_size=4)
+    demo.prepare_demo(data_dir=str(world_dir), batch_size=4, num_images=WORLD_IMAGES)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
