@@ -106,7 +106,9 @@ def train(
         sampler.restore(meta["sampler"])
         positions.update(meta["positions"])
         log.info("resumed from %s at step %d", checkpointer.manager.directory, latest)
-    write_operative_config(run_dir / "config.gin")
+    first_process = jax.process_index() == 0
+    if first_process:
+        write_operative_config(run_dir / "config.gin")
 
     streams = {}
     step_fns = {
@@ -172,12 +174,12 @@ def train(
         writer.close()
         checkpointer.wait()
         checkpointer.close()
-    write_operative_config(run_dir / "config.gin")
     wall = time.perf_counter() - start_time
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("imp.train finished")  # nobody exits early
-    if jax.process_index() != 0:
+    if not first_process:
         return {}
+    write_operative_config(run_dir / "config.gin")  # now with everything the run called
     evaluation = {}
     if evaluate_at_end and jax.process_count() > 1:
         log.warning("held-out evaluation at the end runs single-process only; use `imp eval`")
