@@ -47,9 +47,7 @@ def flag_to_binding(name: str, value: str) -> str:
 def _quote_if_bare(value: str) -> str:
     text = value.strip()
     if text.startswith(("@", "%", "(", "[", "{", "'", '"')):
-        return text
-    if _BARE_WORD.match(text) and text in ("True", "False", "None"):
-        return text
+        return text  # a gin reference, macro or Python literal: gin parses it (or says why)
     try:
         ast.literal_eval(text)
         return text
