@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from imp.modeling.embedders import FactorisedPositions, VisionEmbedder, drop_tokens
-from imp.modeling.encoder import Encoder, MoeConfig
+from imp.modeling.encoder import Encoder
 from imp.modeling.model import ImpModel, init_variables
+from imp.modeling.moe import MoeConfig
 
 SMALL = dict(d_model=16, num_layers=3, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
 

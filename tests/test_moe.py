@@ -42,14 +42,14 @@ def _dense_mixture(layer, params, x):
     tokens = np.asarray(x).reshape(-1, x.shape[-1])
     probs = np.asarray(jax.nn.softmax(tokens @ p["router"], -1))
     out = np.zeros_like(tokens)
-    for e in range(layer.num_experts):
+    for e in range(layer.config.num_experts):
         h = np.asarray(nn.gelu(tokens @ p["wi"][e] + p["bi"][e]))
         out += probs[:, e : e + 1] * (h @ p["wo"][e] + p["bo"][e])
     return out.reshape(x.shape)
 
 
 def test_full_capacity_experts_choose_equals_dense_mixture():
-    layer = moe.MoeMlp(num_experts=3, mlp_dim=8, capacity_factor=3.0)
+    layer = moe.MoeMlp(moe.MoeConfig(3, capacity_factor=3.0), mlp_dim=8)
     x = jax.random.normal(jax.random.key(1), (2, 5, 6))
     mask = jnp.ones((2, 5), bool)
     params = nn.unbox(layer.init(jax.random.key(2), x, mask))
@@ -99,7 +99,7 @@ def test_auxiliary_losses_match_numpy():
 
 
 def test_padding_tokens_are_never_processed():
-    layer = moe.MoeMlp(num_experts=2, mlp_dim=8)
+    layer = moe.MoeMlp(moe.MoeConfig(2), mlp_dim=8)
     x = jax.random.normal(jax.random.key(4), (1, 6, 4))
     mask = jnp.array([[1, 1, 1, 1, 0, 0]], bool)
     params = layer.init(jax.random.key(5), x, mask)
@@ -114,7 +114,7 @@ def test_num_groups(tokens, max_group, groups):
 
 
 def test_expert_weights_carry_the_expert_axis():
-    layer = moe.MoeMlp(num_experts=2, mlp_dim=8)
+    layer = moe.MoeMlp(moe.MoeConfig(2), mlp_dim=8)
     x = jnp.ones((1, 4, 4))
     specs = nn.get_partition_spec(layer.init(jax.random.key(0), x, jnp.ones((1, 4), bool)))
     assert specs["params"]["wi"] == jax.sharding.PartitionSpec("expert", "embed", "mlp")

@@ -9,14 +9,12 @@ k-th layer (`("dense",) * (k-1) + ("moe",)` repeated L/k times, as V-MoE/LIMoE),
 n layers MoE (a dense segment, then a MoE segment). Each segment is one scan.
 """
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from imp.modeling.layers import LayerNorm, MlpBlock, SelfAttention, constrain
-from imp.modeling.moe import MoeMlp
+from imp.modeling.moe import MoeConfig, MoeMlp
 
 REMAT_POLICIES = {
     "none": None,
@@ -24,16 +22,6 @@ REMAT_POLICIES = {
     "dots_saveable": jax.checkpoint_policies.dots_saveable,
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class MoeConfig:
-    num_experts: int
-    router: str = "experts_choose"
-    capacity_factor: float = 1.0
-    max_group_size: int = 4096
-    top_k: int = 1
-    batch_priority: bool = False
 
 
 def layer_plan(
@@ -65,17 +53,7 @@ class EncoderBlock(nn.Module):
         h = LayerNorm(name="ln_mlp")(x)
         if self.moe is None:
             return x + MlpBlock(self.mlp_dim, name="mlp")(h), {}
-        moe = MoeMlp(
-            self.moe.num_experts,
-            self.mlp_dim,
-            self.moe.router,
-            self.moe.capacity_factor,
-            self.moe.max_group_size,
-            self.moe.top_k,
-            self.moe.batch_priority,
-            name="moe",
-        )
-        y, stats = moe(h, mask)
+        y, stats = MoeMlp(self.moe, self.mlp_dim, name="moe")(h, mask)
         return x + y, stats
 
 

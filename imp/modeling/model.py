@@ -20,8 +20,9 @@ from imp.modeling.embedders import (
     WaveformEmbedder,
     drop_tokens,
 )
-from imp.modeling.encoder import Encoder, MoeConfig
+from imp.modeling.encoder import Encoder
 from imp.modeling.heads import ClassifierHead, Projection, masked_mean
+from imp.modeling.moe import MoeConfig
 
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
 # CLIP's temperature: initialised at 1/0.07 and capped at 100, kept positive via the log.

@@ -93,39 +93,48 @@ def num_groups(num_tokens: int, max_group_size: int) -> int:
     return groups
 
 
-class MoeMlp(nn.Module):
-    """`[batch, length, embed]` -> same, through `num_experts` routed MLP experts.
-
-    Returns the output and routing statistics: the fraction of tokens each expert took
-    `[E]`, the fraction of real tokens no expert processed, and the auxiliary losses.
-    """
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """How a MoE layer routes: `num_experts` experts, a router from ROUTERS, its capacity
+    factor, the largest token group, and for tokens-choose top-k and BPR."""
 
     num_experts: int
-    mlp_dim: int
     router: str = "experts_choose"
     capacity_factor: float = 1.0
     max_group_size: int = 4096
     top_k: int = 1
     batch_priority: bool = False
 
+
+class MoeMlp(nn.Module):
+    """`[batch, length, embed]` -> same, through `config.num_experts` routed MLP experts.
+
+    Returns the output and routing statistics: the fraction of tokens each expert took
+    `[E]`, the fraction of real tokens no expert processed, and the auxiliary losses.
+    """
+
+    config: MoeConfig
+    mlp_dim: int
+
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
-        if self.router not in ROUTERS:
-            raise ValueError(f"router '{self.router}' not in {ROUTERS}")
+        cfg = self.config
+        if cfg.router not in ROUTERS:
+            raise ValueError(f"router '{cfg.router}' not in {ROUTERS}")
         b, length, d = x.shape
-        g = num_groups(b * length, self.max_group_size)
+        g = num_groups(b * length, cfg.max_group_size)
         tokens = constrain(x.reshape(g, -1, d), ("batch", None, "embed"))  # [G, S, D]
         real = mask.reshape(g, -1).astype(x.dtype)  # [G, S]
         w_router = param_with_axes(
-            self, "router", nn.initializers.normal(0.02), (d, self.num_experts), ("embed", None)
+            self, "router", nn.initializers.normal(0.02), (d, cfg.num_experts), ("embed", None)
         )
         logits = jnp.einsum("gsd,de->gse", tokens, w_router)
         # Padding tokens get zero probability: ranked last, combined with weight 0.
         probs = jax.nn.softmax(logits, axis=-1) * real[..., None]
-        if self.router == "experts_choose":
-            routing = experts_choose(probs, self.capacity_factor)
+        if cfg.router == "experts_choose":
+            routing = experts_choose(probs, cfg.capacity_factor)
         else:
-            routing = tokens_choose(probs, self.top_k, self.capacity_factor, self.batch_priority)
+            routing = tokens_choose(probs, cfg.top_k, cfg.capacity_factor, cfg.batch_priority)
         # Under expert parallelism these two constraints make the dispatch and the combine
         # all-to-alls: groups move from the batch axes to their experts' devices and back.
         on_experts = ("expert", "expert_group", None, "embed")
@@ -148,7 +157,7 @@ class MoeMlp(nn.Module):
 
     def _experts(self, x: jax.Array) -> jax.Array:
         """Stacked expert MLPs: `[E, G, C, D]` -> `[E, G, C, D]`."""
-        e, d, f = self.num_experts, x.shape[-1], self.mlp_dim
+        e, d, f = self.config.num_experts, x.shape[-1], self.mlp_dim
         xavier = nn.initializers.xavier_uniform(in_axis=-2, out_axis=-1, batch_axis=(0,))
         wi = param_with_axes(self, "wi", xavier, (e, d, f), ("expert", "embed", "mlp"))
         bi = param_with_axes(self, "bi", nn.initializers.zeros, (e, f), ("expert", "mlp"))
