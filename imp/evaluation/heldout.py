@@ -52,16 +52,19 @@ def evaluate(
         labels = batch.pop("label")
         total += len(labels)
         batch = {k: _pad_rows(v, batch_size) for k, v in batch.items()}  # one compiled shape
+        inputs = {m: batch[m] for m in spec.modalities if m != "text"}
+        head = spec.head if spec.objective == "softmax" else None
+        out = _apply(model, params, inputs, head)
+        real = {  # the rows of real examples in the batch-shaped outputs
+            k: np.asarray(v)[: len(labels)]
+            for k, v in out.items()
+            if k == "logits" or k.startswith("embedding/")
+        }
         if spec.objective == "softmax":
-            out = _apply(model, params, {"vision": batch["vision"]}, spec.head)
-            hits = {"top1": np.asarray(out["logits"])[: len(labels)].argmax(-1) == labels}
+            hits = {"top1": real["logits"].argmax(-1) == labels}
         else:
-            inputs = {m: batch[m] for m in spec.modalities if m != "text"}
-            out = _apply(model, params, inputs, None)
             hits = {
-                f"zero_shot_top1/{m}_to_text": (
-                    np.asarray(out[f"embedding/{m}"])[: len(labels)] @ prototypes.T
-                ).argmax(-1)
+                f"zero_shot_top1/{m}_to_text": (real[f"embedding/{m}"] @ prototypes.T).argmax(-1)
                 == labels
                 for m in inputs
             }
