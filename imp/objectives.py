@@ -1,4 +1,5 @@
-"""Training objectives (seed 004 §3.2): softmax cross-entropy and symmetric cross-modal NCE.
+"""Training objectives (seed 004 §3.2): softmax cross-entropy, sigmoid cross-entropy for
+multi-label data (AudioSet), and symmetric cross-modal NCE.
 
 Each returns `(loss, metrics)` with a scalar loss averaged over the batch.
 """
@@ -19,6 +20,15 @@ def softmax_cross_entropy(
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     accuracy = (logits.argmax(-1) == labels).mean()
     return loss, {"accuracy": accuracy}
+
+
+def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
+    """Multi-label: `logits` and multi-hot `labels` `[batch, classes]`; per-class sigmoid
+    cross-entropy summed over classes, averaged over the batch."""
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1).mean()
+    # The top class is among the example's labels.
+    hit = jnp.take_along_axis(labels, logits.argmax(-1)[:, None], axis=-1)[:, 0]
+    return loss, {"accuracy": hit.mean()}
 
 
 def pairwise_nce(a: jax.Array, b: jax.Array, logit_scale: jax.Array) -> tuple[jax.Array, jax.Array]:

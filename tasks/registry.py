@@ -10,15 +10,18 @@ import seqio
 
 from imp.errors import ImpError, did_you_mean
 
-OBJECTIVES = ("nce", "softmax")
+CLASSIFICATION = ("softmax", "bce")  # single-label, multi-label (sigmoid)
+OBJECTIVES = ("nce", *CLASSIFICATION)
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
+# Prefixes the messages of in-graph data checks, so `feeding` can report them.
+CHECK_MARK = "imp-data-check: "
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     name: str
     dataset: str  # the data set; names the classifier head shared by its tasks
-    objective: str  # "nce" (contrastive over modality pairs) or "softmax"
+    objective: str  # "nce" (contrastive over modality pairs), "softmax" or "bce"
     modalities: tuple[str, ...]  # model inputs, a subset of MODALITIES
     num_examples: int  # training examples
     batch_size: int  # global batch
@@ -31,6 +34,10 @@ class TaskSpec:
     drop_rate: float = 0.0  # DropToken ratio (seed 004 §3.4)
     class_names: tuple[str, ...] = ()
     class_prompts: tuple[tuple[str, ...], ...] = ()  # per class, captions for zero-shot
+    spectrogram: tuple[int, ...] = ()  # (time frames, mel bins) of the log-mel input
+    variant: str = "base"  # multi-resolution variant (see `imp.tasks.datasets.variants`)
+    eval_task: str = ""  # seqio Task with the data set's evaluation inputs; "" = this one
+    eval_split: str = "validation"
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -38,8 +45,8 @@ class TaskSpec:
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
             raise ImpError(f"task '{self.name}': unknown modalities {sorted(unknown)}")
-        if self.objective == "softmax" and not self.class_names:
-            raise ImpError(f"task '{self.name}': a softmax task needs class_names")
+        if self.objective in CLASSIFICATION and not self.class_names:
+            raise ImpError(f"task '{self.name}': a {self.objective} task needs class_names")
 
     @property
     def head(self) -> str:
@@ -53,13 +60,18 @@ class TaskSpec:
 _SPECS: dict[str, TaskSpec] = {}
 
 
+def register_task(name: str, source: seqio.DataSource, preprocessors, output_features) -> None:
+    """A seqio Task under `name`, replacing an earlier one."""
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name, source=source, preprocessors=preprocessors, output_features=output_features
+    )
+
+
 def register(spec: TaskSpec, source: seqio.DataSource, preprocessors, output_features) -> None:
     """Registers `spec` and its seqio Task under `spec.name` (replacing an earlier one)."""
-    if spec.name in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.remove(spec.name)
-    seqio.TaskRegistry.add(
-        spec.name, source=source, preprocessors=preprocessors, output_features=output_features
-    )
+    register_task(spec.name, source, preprocessors, output_features)
     _SPECS[spec.name] = spec
 
 
@@ -73,6 +85,41 @@ def register_mixture(
     seqio.MixtureRegistry.add(
         name, tasks, default_rate=None if rates else seqio.mixing_rate_num_examples
     )
+
+
+def mixture_groups(spec: TaskSpec) -> list[str]:
+    """The standard mixtures a task belongs to: image_text, video_text, video_audio_text,
+    classification (and all)."""
+    modalities = set(spec.modalities)
+    groups = ["all"]
+    if spec.objective in CLASSIFICATION:
+        groups.append("classification")
+    elif modalities & {"waveform", "spectrogram"} and {"vision", "text"} <= modalities:
+        groups.append("video_audio_text")
+    elif modalities == {"vision", "text"}:
+        groups.append("video_text" if spec.frames > 1 else "image_text")
+    return groups
+
+
+def _base_name(spec: TaskSpec) -> str:
+    return spec.name.removesuffix(f"_{spec.variant}") if spec.variant != "base" else spec.name
+
+
+def register_mixtures(prefix: str, tasks: list[tuple[TaskSpec, float]]) -> list[str]:
+    """`{prefix}_{group}` over the base-resolution tasks and `{prefix}_{group}_multires`
+    over every variant, for each group of `mixture_groups`, with the tasks' weights."""
+    members: dict[str, list[tuple[TaskSpec, float]]] = {}
+    for spec, weight in tasks:
+        for group in mixture_groups(spec):
+            members.setdefault(f"{prefix}_{group}_multires", []).append((spec, weight))
+            if spec.variant == "base":
+                base_weight = sum(w for s, w in tasks if _base_name(s) == spec.name)
+                members.setdefault(f"{prefix}_{group}", []).append((spec, base_weight))
+    for name, entries in members.items():
+        if name in _SPECS:
+            raise ImpError(f"mixture name '{name}' is taken by a task; choose another prefix")
+        register_mixture(name, [s.name for s, _ in entries], {s.name: w for s, w in entries})
+    return sorted(members)
 
 
 def spec(name: str) -> TaskSpec:

@@ -46,12 +46,12 @@ def test_unknown_mixture(tmp_path, capsys, world_dir):
     argv = [
         "train",
         f"--gin.MODEL_DIR={tmp_path}",
-        "--gin.MIXTURE_OR_TASK_NAME=demo_vidoe_cls",
+        "--gin.MIXTURE_OR_TASK_NAME=digit_vidoe_cls",
         f"--gin.prepare_demo.data_dir={world_dir}",
         f"--gin.prepare_demo.num_images={WORLD_IMAGES}",
     ]
     assert cli.main(argv) == 2
-    assert "did you mean demo_video_cls" in capsys.readouterr().err
+    assert "did you mean digit_videos_cls" in capsys.readouterr().err
 
 
 def test_model_info_counts_parameters(capsys):

@@ -7,11 +7,15 @@ from imp.errors import ImpError
 from imp.tasks import demo, registry
 
 EXPECTED = {
-    "demo_image_text": {"vision": (4, 1, 32, 32, 3), "text": (4, 16)},
-    "demo_image_cls": {"vision": (4, 1, 32, 32, 3), "label": (4,)},
-    "demo_video_text": {"vision": (4, 8, 32, 32, 3), "text": (4, 16)},
-    "demo_video_audio_text": {"vision": (4, 8, 32, 32, 3), "waveform": (4, 2560), "text": (4, 16)},
-    "demo_video_cls": {"vision": (4, 8, 32, 32, 3), "label": (4,)},
+    "digit_images_text": {"vision": (4, 1, 32, 32, 3), "text": (4, 16)},
+    "digit_images_cls": {"vision": (4, 1, 32, 32, 3), "label": (4,)},
+    "digit_videos_text": {"vision": (4, 8, 32, 32, 3), "text": (4, 16)},
+    "digit_videos_audio_text": {
+        "vision": (4, 8, 32, 32, 3),
+        "waveform": (4, 2560),
+        "text": (4, 16),
+    },
+    "digit_videos_cls": {"vision": (4, 8, 32, 32, 3), "label": (4,)},
 }
 
 
@@ -44,7 +48,7 @@ def test_mixture_rates_are_example_counts(registered, world_dir):
 
 
 def test_streams_are_deterministic_and_skippable(registered):
-    spec = registry.spec("demo_video_text")
+    spec = registry.spec("digit_videos_text")
     first = list(zip(range(3), feeding.batches(spec, "train", 0, train=True), strict=False))
     skipped = next(feeding.batches(spec, "train", 0, train=True, skip_batches=2))
     np.testing.assert_array_equal(first[2][1]["vision"], skipped["vision"])
@@ -52,5 +56,5 @@ def test_streams_are_deterministic_and_skippable(registered):
 
 
 def test_unknown_task_names_nearest(registered):
-    with pytest.raises(ImpError, match="did you mean demo_video_cls"):
-        registry.resolve("demo_vide_cls")
+    with pytest.raises(ImpError, match="did you mean digit_videos_cls"):
+        registry.resolve("digit_vidos_cls")

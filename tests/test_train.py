@@ -67,7 +67,7 @@ def jax_leaves(tree):
 @pytest.mark.slow
 def test_demo_model_learns_video_classification(tmp_path, run_config, full_world_dir):
     """The demo's tiny model, 300 steps of held-out-unseen digits: well above chance."""
-    run_config(tmp_path, 300, mixture="demo_video_cls", data_dir=full_world_dir, tiny=False)
+    run_config(tmp_path, 300, mixture="digit_videos_cls", data_dir=full_world_dir, tiny=False)
     summary = loop.train()
-    video = summary["tasks"]["demo_video_cls"]["heldout"]["top1"]
+    video = summary["tasks"]["digit_videos_cls"]["heldout"]["top1"]
     assert video["value"] > 3 * video["chance"], video

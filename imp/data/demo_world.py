@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
-from PIL import Image
 from sklearn.datasets import load_digits
 
+from imp.data import dmvr
 from imp.errors import ImpError
 
 FORMAT_VERSION = 3  # 2: 24 px glyphs moving 1 px per frame; 3: NFKC vocabulary
@@ -48,7 +48,6 @@ GLYPH = 24  # side of the upscaled digit: large on the canvas, so position varie
 STEP_PX = 1  # motion per frame
 SAMPLE_RATE = 8000
 NUM_SAMPLES = SAMPLE_RATE * FRAMES // FPS  # 2560: the sound lasts exactly as long as the clip
-JPEG_QUALITY = 90
 VOCAB_SIZE = 64
 # The sklearn digits are quantised to 0..16, not 0..255.
 DIGIT_MAX = 16.0
@@ -196,16 +195,22 @@ def _video_records(
         positions = _track(direction, rng)  # [FRAMES, 2]
         frames = _paint(glyphs[source], positions, rng)  # [FRAMES, H, W, 3]
         texts = captions(digit, direction)
-        context = {
-            "clip/label/index": [digit * len(DIRECTIONS) + direction_index],
-            "clip/label/string": [f"{digit} moving {direction}".encode()],
-            "caption/string": [c.encode() for c in texts],
+        extra = {
             "clip/label/digit": [digit],
             "clip/label/direction": [direction_index],
             "clip/source_index": [int(source)],
         }
         waveform = _waveform(digit, direction, rng)  # [NUM_SAMPLES]
-        records.append(_sequence_example(context, frames, waveform))
+        records.append(
+            dmvr.encode(
+                frames,
+                waveform,
+                captions=texts,
+                labels=[digit * len(DIRECTIONS) + direction_index],
+                label_strings=[f"{digit} moving {direction}"],
+                extra_context=extra,
+            )
+        )
         all_captions += texts
     return records, all_captions
 
@@ -225,14 +230,16 @@ def _image_records(
         position = rng.integers(CANVAS - GLYPH + 1, size=(1, 2))
         frames = _paint(glyphs[source], position, rng)  # [1, H, W, 3]
         texts = captions(digit)
-        context = {
-            "clip/label/index": [digit],
-            "clip/label/string": [str(digit).encode()],
-            "caption/string": [c.encode() for c in texts],
-            "clip/label/digit": [digit],
-            "clip/source_index": [int(source)],
-        }
-        records.append(_sequence_example(context, frames))
+        extra = {"clip/label/digit": [digit], "clip/source_index": [int(source)]}
+        records.append(
+            dmvr.encode(
+                frames,
+                captions=texts,
+                labels=[digit],
+                label_strings=[str(digit)],
+                extra_context=extra,
+            )
+        )
         all_captions += texts
     return records, all_captions
 
@@ -273,35 +280,6 @@ def _waveform(digit: int, direction: str, rng: np.random.Generator) -> np.ndarra
     phase = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.cumsum(frequency) / SAMPLE_RATE
     wave = loudness * np.sin(phase) + rng.normal(0, 0.02, size=NUM_SAMPLES)
     return np.clip(wave, -1, 1).astype(np.float32)
-
-
-def _jpeg(frame: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(frame, mode="RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
-
-
-def _sequence_example(
-    context: dict[str, list[int] | list[bytes]],
-    frames: np.ndarray,
-    waveform: np.ndarray | None = None,
-) -> bytes:
-    """Serialises frames [T, H, W, 3] uint8 and an optional waveform [num_samples] float32."""
-    example = tf.train.SequenceExample()
-    for key, values in context.items():
-        feature = example.context.feature[key]
-        if isinstance(values[0], bytes):
-            feature.bytes_list.value.extend(values)
-        else:
-            feature.int64_list.value.extend(values)
-    images = example.feature_lists.feature_list["image/encoded"]
-    for frame in frames:
-        images.feature.add().bytes_list.value.append(_jpeg(frame))
-    if waveform is not None:
-        audio = example.feature_lists.feature_list["WAVEFORM/feature/floats"]
-        audio.feature.add().float_list.value.extend(waveform.tolist())
-    # Feature maps serialise in arbitrary order unless asked for determinism.
-    return example.SerializeToString(deterministic=True)
 
 
 def _write_shards(

@@ -1,18 +1,23 @@
 """Host-side batches for one task: seqio Task -> padded, batched numpy arrays.
 
-Each process reads only its shard of the files (`seqio.ShardInfo`) and batches its slice of
-the global batch. Streams are deterministic given the seed, so the position in a stream
-(batches consumed) is enough to resume it exactly.
+Each process reads only its shard of the files (`seqio.ShardInfo`: file i goes to process
+i mod count) and batches its slice of the global batch. Streams are deterministic given the
+seed, so the position in a stream (batches consumed) is enough to resume it exactly. A data
+error (no files, a corrupt record, a missing or malformed feature) stops the stream with an
+`ImpError` naming the task, the file and the feature.
 """
 
-from collections.abc import Iterator
+import collections
+import re
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from imp.tasks.registry import TaskSpec
+from imp.errors import ImpError
+from imp.tasks.registry import CHECK_MARK, TaskSpec
 
 
 def _select_and_pad(keep: tuple[str, ...], length: int):
@@ -27,6 +32,18 @@ def _select_and_pad(keep: tuple[str, ...], length: int):
     return pad
 
 
+def _labels_kept(spec: TaskSpec, with_labels: bool) -> tuple[str, ...]:
+    if spec.objective == "bce":
+        return ("labels", "label") if with_labels else ("labels",)
+    return ("label",) if with_labels or spec.objective == "softmax" else ()
+
+
+def task_name(spec: TaskSpec, train: bool) -> str:
+    """The seqio Task behind a stream: the task's own in training, its data set's evaluation
+    Task otherwise."""
+    return spec.name if train else (spec.eval_task or spec.name)
+
+
 def dataset(
     spec: TaskSpec,
     split: str,
@@ -36,33 +53,118 @@ def dataset(
     skip_batches: int = 0,
     batch_size: int | None = None,
     with_labels: bool = False,
+    with_captions: bool = False,
+    shard: tuple[int, int] | None = None,
+    prefetch: bool = True,
 ) -> tf.data.Dataset:
-    """Batches of this process's slice of the global batch: the task's modalities, and its
-    labels for softmax tasks or when `with_labels` (evaluation).
+    """Batches of this process's slice of the global batch: the task's inputs, its labels for
+    classification tasks or when `with_labels`, and every caption when `with_captions`.
 
     Training streams shuffle and repeat forever and drop partial batches; evaluation streams
-    read the split once, in order, keeping the last partial batch.
+    read the split once, in order, keeping the last partial batch. `shard` = (index, count)
+    overrides the process index and count.
     """
+    index, count = shard or (jax.process_index(), jax.process_count())
     global_batch = batch_size or spec.batch_size
-    if global_batch % jax.process_count():
-        raise ValueError(f"batch {global_batch} of task {spec.name} does not split over processes")
-    task = seqio.get_mixture_or_task(spec.name)
+    if global_batch % count:
+        raise ImpError(
+            f"task '{spec.name}': batch {global_batch} does not split over {count} hosts"
+        )
+    name = task_name(spec, train)
+    task = seqio.get_mixture_or_task(name)
+    _check_files(spec, task, split, count)
     ds = task.get_dataset(
         sequence_length={"text": spec.text_length},
         split=split,
         shuffle=train,
         seed=seed if train else None,
-        shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
+        shard_info=seqio.ShardInfo(index, count),
         num_epochs=None if train else 1,
     )
-    keep = (*spec.modalities, *(("label",) if with_labels or spec.objective == "softmax" else ()))
+    keep = (
+        *spec.modalities,
+        *_labels_kept(spec, with_labels),
+        *(("captions",) if with_captions else ()),
+    )
     ds = ds.map(_select_and_pad(keep, spec.text_length), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(global_batch // jax.process_count(), drop_remainder=train)
+    ds = ds.batch(global_batch // count, drop_remainder=train)
     if skip_batches:
         ds = ds.skip(skip_batches)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
+
+
+def _check_files(spec: TaskSpec, task: seqio.Task, split: str, hosts: int) -> None:
+    if split not in task.splits:
+        raise ImpError(f"task '{spec.name}': no split '{split}' (has {sorted(task.splits)})")
+    files = task.source.list_shards(split)
+    pattern = task.source._split_to_filepattern[split]  # noqa: SLF001 (for the message)
+    if not files:
+        raise ImpError(f"task '{spec.name}': no files match {pattern} (split '{split}')")
+    if len(files) < hosts:
+        raise ImpError(
+            f"task '{spec.name}': {len(files)} files for split '{split}' cannot be shared by "
+            f"{hosts} hosts; write at least {hosts} shards ({pattern})"
+        )
+    empty = [f for f in files if tf.io.gfile.stat(f).length == 0]
+    if empty:
+        raise ImpError(f"task '{spec.name}': empty file {empty[0]} (split '{split}')")
 
 
 def batches(spec: TaskSpec, split: str, seed: int, **kwargs) -> Iterator[dict[str, np.ndarray]]:
-    """`dataset(...)` as numpy dicts."""
-    return dataset(spec, split, seed, **kwargs).as_numpy_iterator()
+    """`dataset(...)` as numpy dicts; data errors surface as `ImpError`s."""
+    ds = dataset(spec, split, seed, **kwargs)
+    iterator = ds.as_numpy_iterator()
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            shard = kwargs.get("shard") or (jax.process_index(), jax.process_count())
+            raise _explain(error, spec, split, task_name(spec, kwargs["train"]), shard) from None
+        yield batch
+
+
+def _explain(error: tf.errors.OpError, spec: TaskSpec, split: str, name: str, shard) -> ImpError:
+    where = f"task '{spec.name}' (split '{split}')"
+    message = error.message
+    if CHECK_MARK in message:
+        detail = re.search(re.escape(CHECK_MARK) + r"(.*?)\] \[(.*?)\]", message)
+        if detail:
+            return ImpError(f"{where}: {detail.group(1)} {detail.group(2)}")
+    if isinstance(error, tf.errors.DataLossError):
+        culprit = _find_corrupt_file(seqio.get_mixture_or_task(name), split, shard)
+        return ImpError(f"{where}: corrupt record in {culprit or 'one of its files'}")
+    first_line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    return ImpError(f"{where}: cannot read an example: {first_line}")
+
+
+def _find_corrupt_file(task: seqio.Task, split: str, shard: tuple[int, int]) -> str | None:
+    """The first of this host's files whose records do not read back (run only on error)."""
+    files = task.source.list_shards(split)[shard[0] :: shard[1]]
+    for path in files:
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except tf.errors.DataLossError:
+            return path
+    return None
+
+
+def prefetch_to_device(
+    iterator: Iterator[dict], put: Callable[[dict], dict], size: int = 2
+) -> Iterator[dict]:
+    """Keeps `size` batches already handed to `put` (e.g. `Partitioner.shard_batch`): device
+    transfers are asynchronous, so the next batches copy while the current step runs."""
+    queue = collections.deque()
+
+    def fill(n):
+        for batch in iterator:
+            queue.append(put(batch))
+            if len(queue) >= n:
+                return
+
+    fill(size)
+    while queue:
+        yield queue.popleft()
+        fill(1)

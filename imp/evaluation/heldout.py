@@ -10,7 +10,7 @@ import seqio
 
 from imp.data import feeding
 from imp.modeling.model import ImpModel
-from imp.tasks.registry import TaskSpec
+from imp.tasks.registry import CLASSIFICATION, TaskSpec
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -40,27 +40,34 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 def evaluate(
-    model: ImpModel, params, spec: TaskSpec, split: str = "validation", batch_size: int = 64
+    model: ImpModel, params, spec: TaskSpec, split: str | None = None, batch_size: int = 64
 ) -> dict[str, dict]:
-    """`{metric name: {"value", "chance"}}` for the task on `split`."""
-    prototypes = class_embeddings(model, params, spec) if spec.objective == "nce" else None
+    """`{metric name: {"value", "chance"}}` for the task on `split` (default: its data set's
+    evaluation split). A multi-label classifier's top-1 hits when the top class is a label."""
+    split = split or spec.eval_split
+    classifier = spec.objective in CLASSIFICATION
+    prototypes = None if classifier else class_embeddings(model, params, spec)
     correct: dict[str, int] = {}
     total = 0
     for batch in feeding.batches(
         spec, split, 0, train=False, batch_size=batch_size, with_labels=True
     ):
         labels = batch.pop("label")
+        multi_hot = batch.pop("labels", None)
         total += len(labels)
         batch = {k: _pad_rows(v, batch_size) for k, v in batch.items()}  # one compiled shape
         inputs = {m: batch[m] for m in spec.modalities if m != "text"}
-        head = spec.head if spec.objective == "softmax" else None
+        head = spec.head if classifier else None
         out = _apply(model, params, inputs, head)
         real = {  # the rows of real examples in the batch-shaped outputs
             k: np.asarray(v)[: len(labels)]
             for k, v in out.items()
             if k == "logits" or k.startswith("embedding/")
         }
-        if spec.objective == "softmax":
+        if multi_hot is not None:
+            top = real["logits"].argmax(-1)
+            hits = {"top1": multi_hot[np.arange(len(top)), top] > 0}
+        elif classifier:
             hits = {"top1": real["logits"].argmax(-1) == labels}
         else:
             hits = {

@@ -15,6 +15,7 @@ import optax
 
 from imp import objectives
 from imp.modeling.model import ImpModel
+from imp.tasks.registry import CLASSIFICATION
 from imp.training.train_state import TrainState
 
 
@@ -23,7 +24,7 @@ def used_parameters(task) -> set[str]:
     used = {"encoder"} | {
         f"{part}_{m}" for m in task.modalities for part in ("embedders", "encoders")
     }
-    if task.objective == "softmax":
+    if task.objective in CLASSIFICATION:
         used.add(f"classifiers_{task.head}")
     else:
         used |= {f"projections_{m}" for m in task.modalities} | {"logit_scale"}
@@ -52,7 +53,7 @@ def make_train_step(
 
     def loss_fn(params, batch, rng):
         inputs = {m: batch[m] for m in task.modalities}
-        head = task.head if task.objective == "softmax" else None
+        head = task.head if task.objective in CLASSIFICATION else None
         out = model.apply(
             {"params": params},
             inputs,
@@ -63,6 +64,8 @@ def make_train_step(
         )
         if task.objective == "softmax":
             loss, metrics = objectives.softmax_cross_entropy(out["logits"], batch["label"])
+        elif task.objective == "bce":
+            loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], batch["labels"])
         else:
             embeddings = {m: out[f"embedding/{m}"] for m in task.modalities}
             loss, metrics = objectives.nce(embeddings, out["logit_scale"])

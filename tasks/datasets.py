@@ -1,0 +1,390 @@
+"""Bring your own data: one description of a DMVR data set registers all its seqio Tasks.
+
+A `Dataset` names the files per split, what the examples hold, the tasks to train on them
+(objective and model inputs) and the input shapes. `register_dataset` turns it into
+
+* one training Task per (task, resolution variant), named `{dataset}_{task}[_{variant}]`,
+  with the multi-resolution variants of seed 004 ("Multi-Resolution Strategy"): for video,
+  half spatial resolution, a quarter of the batch, and DropToken 1 - 1/T_F; for images, a
+  quarter of the batch at twice the spatial size, and DropToken 0.75. The variants of one
+  task share its sampling weight equally;
+* one evaluation Task, `{dataset}_eval`: central (or several evenly spaced) clips, a central
+  crop, and every caption.
+
+In gin (see `gin/data/*.gin`):
+
+    prepare_datasets.datasets = [@msrvtt/Dataset()]
+    msrvtt/Dataset.name = 'msrvtt'
+    msrvtt/Dataset.file_patterns = {'train': '/data/msrvtt/train-*', 'test': '/data/...'}
+    ...
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from imp.data import dmvr, preprocessing
+from imp.errors import ImpError
+from imp.tasks import registry
+
+VIDEO_VARIANTS = ("half_res", "quarter_batch", "droptoken")
+IMAGE_VARIANTS = ("double_res", "droptoken")
+AUDIO = ("waveform", "spectrogram")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A DMVR data set (see `imp.data.dmvr`) and the tasks to train on it.
+
+    `tasks` maps a task suffix to `(objective, model inputs)`, e.g.
+    `{"text": ("nce", ("vision", "text")), "cls": ("softmax", ("vision",))}`. Shapes are the
+    base variant's; `frames == 1` makes an image data set. `weight` (default: training
+    examples) is the sampling weight each task of the data set gets in a mixture.
+    """
+
+    name: str
+    file_patterns: dict[str, str]  # split -> glob of TFRecord files
+    num_examples: dict[str, int]  # split -> examples
+    tasks: dict[str, tuple[str, Sequence[str]]]
+    vocabulary: str = ""  # SentencePiece model path; required with text
+    class_names: Sequence[str] = ()
+    class_templates: Sequence[str] = ("{}",)  # zero-shot prompts, "{}" = class name
+    class_prompts: Sequence[Sequence[str]] = ()  # per class; overrides class_templates
+    batch_size: int = 32
+    frames: int = 1
+    stride: int = 1  # between sampled frames
+    height: int = 32
+    width: int = 32
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # random resized crop's area range
+    flip: bool = True  # random left-right flip in training
+    fps: float = 25.0
+    sample_rate: int = 16000
+    num_samples: int = 0  # audio window; 0 without audio
+    mel_bins: int = 128
+    mel_frame_length: int = 400  # 25 ms at 16 kHz
+    mel_frame_step: int = 160  # 10 ms at 16 kHz
+    text_length: int = 16
+    train_split: str = "train"
+    eval_split: str = "validation"
+    eval_clips: int = 1
+    max_captions: int = 1  # captions kept per example in evaluation
+    multi_resolution: bool = True
+    frame_tokens: int = 4  # T_F: tubelets along time in a base clip (seed 004 keeps it 4)
+    weight: float | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames > 1
+
+    @property
+    def spectrogram_frames(self) -> int:
+        return preprocessing.num_spectrogram_frames(
+            self.num_samples, self.mel_frame_length, self.mel_frame_step
+        )
+
+
+def variants(dataset: Dataset, spec: registry.TaskSpec) -> list[registry.TaskSpec]:
+    """The base task and its multi-resolution variants (only vision tasks have variants)."""
+    if not dataset.multi_resolution or "vision" not in spec.modalities:
+        return [spec]
+    b, h, w = spec.batch_size, spec.height, spec.width
+    if dataset.is_video:
+        changes = {
+            "half_res": dict(height=h // 2, width=w // 2),
+            "quarter_batch": dict(batch_size=b // 4),
+            "droptoken": dict(drop_rate=1.0 - 1.0 / dataset.frame_tokens),
+        }
+    else:
+        changes = {
+            "double_res": dict(batch_size=b // 4, height=2 * h, width=2 * w),
+            "droptoken": dict(drop_rate=0.75),
+        }
+    return [spec] + [
+        dataclasses.replace(spec, name=f"{spec.name}_{variant}", variant=variant, **change)
+        for variant, change in changes.items()
+    ]
+
+
+def register_dataset(dataset: Dataset) -> list[tuple[registry.TaskSpec, float]]:
+    """Registers the data set's training Tasks (every variant) and its evaluation Task;
+    returns the training tasks with their sampling weights."""
+    _check(dataset)
+    vocabulary = _vocabulary(dataset)
+    source = seqio.FileDataSource(
+        read_file_fn=dmvr.read_file,
+        split_to_filepattern=dict(dataset.file_patterns),
+        num_input_examples=dict(dataset.num_examples),
+    )
+    eval_task = f"{dataset.name}_eval"
+    registry.register_task(
+        eval_task,
+        source,
+        [functools.partial(_eval_example, source=dataset, vocabulary=vocabulary)],
+        _output_features(vocabulary, clips=dataset.eval_clips),
+    )
+    features = _output_features(vocabulary, clips=1)
+    weight = dataset.weight or dataset.num_examples[dataset.train_split]
+    registered = []
+    for suffix, (objective, modalities) in dataset.tasks.items():
+        base = _base_spec(dataset, suffix, objective, tuple(modalities), vocabulary, eval_task)
+        family = variants(dataset, base)
+        for spec in family:
+            preprocessors = [
+                functools.partial(_train_example, source=dataset, spec=spec),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+            ]
+            registry.register(spec, source, preprocessors, features)
+            registered.append((spec, weight / len(family)))
+    return registered
+
+
+def _base_spec(dataset, suffix, objective, modalities, vocabulary, eval_task) -> registry.TaskSpec:
+    return registry.TaskSpec(
+        name=f"{dataset.name}_{suffix}",
+        dataset=dataset.name,
+        objective=objective,
+        modalities=modalities,
+        num_examples=dataset.num_examples[dataset.train_split],
+        batch_size=dataset.batch_size,
+        frames=dataset.frames,
+        height=dataset.height,
+        width=dataset.width,
+        num_samples=dataset.num_samples,
+        spectrogram=(dataset.spectrogram_frames, dataset.mel_bins) if dataset.num_samples else (),
+        text_length=dataset.text_length,
+        vocab_size=vocabulary.vocab_size if vocabulary else 0,
+        class_names=tuple(dataset.class_names),
+        class_prompts=_class_prompts(dataset),
+        eval_task=eval_task,
+        eval_split=dataset.eval_split,
+    )
+
+
+def _class_prompts(dataset: Dataset) -> tuple[tuple[str, ...], ...]:
+    if dataset.class_prompts:
+        return tuple(tuple(p) for p in dataset.class_prompts)
+    return tuple(tuple(t.format(c) for t in dataset.class_templates) for c in dataset.class_names)
+
+
+def _check(dataset: Dataset) -> None:
+    where = f"data set '{dataset.name}'"
+    for split in (dataset.train_split, dataset.eval_split):
+        if split not in dataset.file_patterns:
+            raise ImpError(f"{where}: no file pattern for split '{split}'")
+        if split not in dataset.num_examples:
+            raise ImpError(f"{where}: no example count for split '{split}'")
+    for split, pattern in dataset.file_patterns.items():
+        if not tf.io.gfile.glob(pattern):
+            raise ImpError(f"{where}: no files match the '{split}' pattern {pattern}")
+    used = {m for _, modalities in dataset.tasks.values() for m in modalities}
+    for suffix, (objective, _) in dataset.tasks.items():
+        if objective in registry.CLASSIFICATION and not dataset.class_names:
+            raise ImpError(f"{where}: task '{suffix}' ({objective}) needs class_names")
+    if used & set(AUDIO) and not dataset.num_samples:
+        raise ImpError(f"{where}: audio inputs need num_samples (the audio window)")
+    if "text" in used and not dataset.vocabulary:
+        raise ImpError(f"{where}: text inputs need a vocabulary (a SentencePiece model path)")
+
+
+def _vocabulary(dataset: Dataset) -> seqio.Vocabulary | None:
+    if not dataset.vocabulary:
+        return None
+    if not tf.io.gfile.exists(dataset.vocabulary):
+        raise ImpError(
+            f"data set '{dataset.name}': vocabulary file {dataset.vocabulary} does not exist"
+        )
+    return seqio.SentencePieceVocabulary(dataset.vocabulary)
+
+
+def _output_features(vocabulary, clips: int) -> dict[str, seqio.Feature]:
+    """Every Task declares every feature (a seqio Mixture needs equal feature sets); none is
+    required, since each variant produces only its task's inputs. Several evaluation clips
+    add a leading clip axis to the vision and audio features."""
+    extra = int(clips > 1)
+
+    def continuous(dtype, rank):
+        return seqio.ContinuousFeature(dtype=dtype, rank=rank, required=False)
+
+    vocabulary = vocabulary or seqio.PassThroughVocabulary(size=0)
+    return {
+        "vision": continuous(tf.float32, 4 + extra),
+        "waveform": continuous(tf.float32, 1 + extra),
+        "spectrogram": continuous(tf.float32, 2 + extra),
+        "text": seqio.Feature(vocabulary, add_eos=False, required=False),
+        "captions": continuous(tf.int32, 2),
+        "label": continuous(tf.int32, 0),
+        "labels": continuous(tf.float32, 1),
+    }
+
+
+def _require(condition: tf.Tensor, source_file: tf.Tensor, message: str) -> tf.Operation:
+    """An assertion whose failure names the file; `feeding` turns it into an ImpError."""
+    return tf.debugging.Assert(condition, [f"{registry.CHECK_MARK}{message} in file", source_file])
+
+
+def _checked(dataset: Dataset, example: dict, source_file, modalities, objective) -> dict:
+    """Stops the stream on an example that lacks what the task needs: never a silent skip."""
+    checks = []
+    if "vision" in modalities:
+        checks.append(
+            _require(tf.size(example["frames"]) > 0, source_file, f"missing feature {dmvr.FRAMES}")
+        )
+    if set(modalities) & set(AUDIO):
+        present = tf.size(example["waveform"]) > 0
+        checks.append(_require(present, source_file, f"missing feature {dmvr.WAVEFORM}"))
+    if "text" in modalities:
+        present = tf.size(example["captions"]) > 0
+        checks.append(_require(present, source_file, f"missing feature {dmvr.CAPTION}"))
+    if objective in registry.CLASSIFICATION:
+        labels = example["label"]
+        checks.append(_require(tf.size(labels) > 0, source_file, f"missing feature {dmvr.LABEL}"))
+        if objective == "softmax":
+            one = tf.size(labels) == 1
+            message = f"feature {dmvr.LABEL} must hold one label (single-label task)"
+            checks.append(_require(one, source_file, message))
+        in_range = tf.reduce_all((labels >= 0) & (labels < len(dataset.class_names)))
+        message = f"feature {dmvr.LABEL} out of range [0, {len(dataset.class_names)})"
+        checks.append(_require(in_range, source_file, message))
+    with tf.control_dependencies(checks):
+        return {k: tf.identity(v) for k, v in example.items()}
+
+
+def _vision(dataset, spec_shape, frames, starts, seed) -> tf.Tensor:
+    """Sampled, cropped clips `[clips, T, H, W, 3]` in [-1, 1]."""
+    num_frames, height, width = spec_shape
+    decoded = preprocessing.decode_frames(frames)
+    clips = tf.map_fn(
+        lambda start: preprocessing.gather_clip(decoded, start, num_frames, dataset.stride),
+        starts,
+        fn_output_signature=tf.TensorSpec([num_frames, None, None, 3], tf.uint8),
+    )
+    if seed is None:
+        out = tf.map_fn(
+            lambda clip: preprocessing.central_crop(clip, height, width),
+            clips,
+            fn_output_signature=tf.TensorSpec([num_frames, height, width, 3], tf.float32),
+        )
+    else:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        clip = preprocessing.random_resized_crop(
+            clips[0], height, width, crop_seed, scale=dataset.crop_scale
+        )
+        if dataset.flip:
+            clip = preprocessing.random_flip(clip, flip_seed)
+        out = clip[None]
+    return tf.ensure_shape(preprocessing.to_unit_range(out), [None, num_frames, height, width, 3])
+
+
+def _audio(dataset: Dataset, waveform: tf.Tensor, starts: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Per clip: the aligned waveform window and its log-mel spectrogram."""
+    windows = tf.map_fn(
+        lambda start: preprocessing.waveform_window(
+            waveform, start, dataset.fps, dataset.sample_rate, dataset.num_samples
+        ),
+        starts,
+        fn_output_signature=tf.TensorSpec([dataset.num_samples], tf.float32),
+    )
+    spectrogram = preprocessing.log_mel(
+        windows,
+        dataset.sample_rate,
+        dataset.mel_bins,
+        dataset.mel_frame_length,
+        dataset.mel_frame_step,
+    )
+    return {"waveform": windows, "spectrogram": spectrogram}
+
+
+def _labels(dataset: Dataset, objective: str, labels: tf.Tensor) -> dict[str, tf.Tensor]:
+    labels = tf.cast(labels, tf.int32)
+    if objective == "bce":
+        return {"labels": preprocessing.multi_hot(labels, len(dataset.class_names))}
+    return {"label": labels[0]}
+
+
+@seqio.map_over_dataset(num_seeds=3)
+def _train_example(element, seeds, source: Dataset, spec: registry.TaskSpec) -> dict:
+    """A training example of `spec`: one random clip, crop, flip, caption."""
+    dataset = source  # (seqio's wrapper reserves the name `dataset`)
+    clip_seed, vision_seed, caption_seed = seeds
+    wants_audio = bool(set(spec.modalities) & set(AUDIO))
+    example = dmvr.parse(element["serialized"], waveform=wants_audio)
+    example = _checked(dataset, example, element["source_file"], spec.modalities, spec.objective)
+    starts = preprocessing.clip_starts(
+        tf.shape(example["frames"])[0], spec.frames, dataset.stride, 1, clip_seed
+    )
+    out = {}
+    if "vision" in spec.modalities:
+        shape = (spec.frames, spec.height, spec.width)
+        out["vision"] = _vision(dataset, shape, example["frames"], starts, vision_seed)[0]
+    if wants_audio:
+        audio = _audio(dataset, example["waveform"], starts)
+        out.update({m: audio[m][0] for m in AUDIO if m in spec.modalities})
+    if "text" in spec.modalities:
+        out["text"] = preprocessing.pick_caption(example["captions"], caption_seed)
+    if spec.objective in registry.CLASSIFICATION:
+        out.update(_labels(dataset, spec.objective, example["label"]))
+    return out
+
+
+@seqio.map_over_dataset
+def _eval_example(element, source: Dataset, vocabulary) -> dict:
+    """An evaluation example with every input the data set has: `dataset.eval_clips`
+    evenly spaced clips (a leading clip axis only when more than one), central crops, the
+    first caption as `text`, up to `max_captions` tokenised captions, and the labels."""
+    dataset = source
+    used = {m for _, modalities in dataset.tasks.values() for m in modalities}
+    objectives = {objective for objective, _ in dataset.tasks.values()}
+    example = dmvr.parse(element["serialized"], waveform=bool(used & set(AUDIO)))
+    labelled = next((o for o in registry.CLASSIFICATION if o in objectives), None)
+    example = _checked(dataset, example, element["source_file"], tuple(used), labelled)
+    clips = dataset.eval_clips
+    starts = preprocessing.clip_starts(
+        tf.shape(example["frames"])[0], dataset.frames, dataset.stride, clips, None
+    )
+
+    def per_clip(x):
+        return x if clips > 1 else x[0]
+
+    out = {}
+    if "vision" in used:
+        shape = (dataset.frames, dataset.height, dataset.width)
+        out["vision"] = per_clip(_vision(dataset, shape, example["frames"], starts, None))
+    if used & set(AUDIO):
+        out.update(
+            {m: per_clip(v) for m, v in _audio(dataset, example["waveform"], starts).items()}
+        )
+    if "text" in used:
+        tokens = vocabulary.encode_tf(example["captions"][: dataset.max_captions])
+        out["captions"] = tokens.to_tensor(shape=[dataset.max_captions, dataset.text_length])
+        out["text"] = out["captions"][0]
+    if dataset.class_names:
+        label = example["label"]
+        if "bce" in objectives:
+            out["labels"] = preprocessing.multi_hot(
+                tf.cast(label, tf.int32), len(dataset.class_names)
+            )
+        out["label"] = tf.cast(tf.concat([label, [-1]], 0)[0], tf.int32)
+    return out
+
+
+@gin.configurable
+def prepare_datasets(
+    datasets: Sequence[Dataset] = (), mixture_prefix: str | None = None
+) -> list[tuple[registry.TaskSpec, float]]:
+    """Registers every data set's Tasks and, under `mixture_prefix`, the standard mixtures
+    (`registry.register_mixtures`). The `train.prepare_data` hook for your own data."""
+    registered = [entry for dataset in datasets for entry in register_dataset(dataset)]
+    if mixture_prefix:
+        registry.register_mixtures(mixture_prefix, registered)
+    return registered
+
+
+def count_records(file_pattern: str) -> int:
+    """Records in the files matching `file_pattern` (one pass; for small data sets)."""
+    files = sorted(tf.io.gfile.glob(file_pattern))
+    return int(sum(1 for _ in tf.data.TFRecordDataset(files))) if files else 0
