@@ -48,9 +48,11 @@ class Dataset:
     """
 
     name: str
-    file_patterns: dict[str, str]  # split -> glob of TFRecord files
-    num_examples: dict[str, int]  # split -> examples
     tasks: dict[str, tuple[str, Sequence[str]]]
+    file_patterns: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> glob
+    num_examples: dict[str, int] = dataclasses.field(default_factory=dict)  # split -> count
+    tfds_name: str = ""  # read a TFDS image data set ("cifar100:3.*.*") instead of files
+    tfds_data_dir: str | None = None
     vocabulary: str = ""  # SentencePiece model path; required with text
     class_names: Sequence[str] = ()
     class_templates: Sequence[str] = ("{}",)  # zero-shot prompts, "{}" = class name
@@ -83,9 +85,7 @@ class Dataset:
 
     @property
     def spectrogram_frames(self) -> int:
-        return preprocessing.num_spectrogram_frames(
-            self.num_samples, self.mel_frame_length, self.mel_frame_step
-        )
+        return preprocessing.num_spectrogram_frames(self.num_samples, self.mel_frame_step)
 
 
 def variants(dataset: Dataset, spec: registry.TaskSpec) -> list[registry.TaskSpec]:
@@ -115,11 +115,7 @@ def register_dataset(dataset: Dataset) -> list[tuple[registry.TaskSpec, float]]:
     returns the training tasks with their sampling weights."""
     _check(dataset)
     vocabulary = _vocabulary(dataset)
-    source = seqio.FileDataSource(
-        read_file_fn=dmvr.read_file,
-        split_to_filepattern=dict(dataset.file_patterns),
-        num_input_examples=dict(dataset.num_examples),
-    )
+    source = _source(dataset)
     eval_task = f"{dataset.name}_eval"
     registry.register_task(
         eval_task,
@@ -128,10 +124,19 @@ def register_dataset(dataset: Dataset) -> list[tuple[registry.TaskSpec, float]]:
         _output_features(vocabulary, clips=dataset.eval_clips),
     )
     features = _output_features(vocabulary, clips=1)
-    weight = dataset.weight or dataset.num_examples[dataset.train_split]
+    num_train = _num_examples(dataset, source)
+    weight = dataset.weight or num_train
     registered = []
     for suffix, (objective, modalities) in dataset.tasks.items():
-        base = _base_spec(dataset, suffix, objective, tuple(modalities), vocabulary, eval_task)
+        base = registry.TaskSpec(
+            name=f"{dataset.name}_{suffix}",
+            dataset=dataset.name,
+            objective=objective,
+            modalities=tuple(modalities),
+            num_examples=num_train,
+            **_shapes(dataset, vocabulary),
+            eval_task=eval_task,
+        )
         family = variants(dataset, base)
         for spec in family:
             preprocessors = [
@@ -143,24 +148,37 @@ def register_dataset(dataset: Dataset) -> list[tuple[registry.TaskSpec, float]]:
     return registered
 
 
-def _base_spec(dataset, suffix, objective, modalities, vocabulary, eval_task) -> registry.TaskSpec:
-    return registry.TaskSpec(
-        name=f"{dataset.name}_{suffix}",
-        dataset=dataset.name,
-        objective=objective,
-        modalities=modalities,
-        num_examples=dataset.num_examples[dataset.train_split],
+def _source(dataset: Dataset) -> seqio.DataSource:
+    if dataset.tfds_name:
+        return seqio.TfdsDataSource(dataset.tfds_name, tfds_data_dir=dataset.tfds_data_dir)
+    return seqio.FileDataSource(
+        read_file_fn=dmvr.read_file,
+        split_to_filepattern=dict(dataset.file_patterns),
+        num_input_examples=dict(dataset.num_examples),
+    )
+
+
+def _num_examples(dataset: Dataset, source: seqio.DataSource) -> int:
+    """Training examples: as described, else as the source knows (TFDS metadata)."""
+    if dataset.train_split in dataset.num_examples:
+        return dataset.num_examples[dataset.train_split]
+    return source.num_input_examples(dataset.train_split)
+
+
+def _shapes(dataset: Dataset, vocabulary) -> dict:
+    """The TaskSpec fields every task of the data set shares."""
+    audio = dataset.num_samples > 0
+    return dict(
         batch_size=dataset.batch_size,
         frames=dataset.frames,
         height=dataset.height,
         width=dataset.width,
         num_samples=dataset.num_samples,
-        spectrogram=(dataset.spectrogram_frames, dataset.mel_bins) if dataset.num_samples else (),
+        spectrogram=(dataset.spectrogram_frames, dataset.mel_bins) if audio else (),
         text_length=dataset.text_length,
         vocab_size=vocabulary.vocab_size if vocabulary else 0,
         class_names=tuple(dataset.class_names),
         class_prompts=_class_prompts(dataset),
-        eval_task=eval_task,
         eval_split=dataset.eval_split,
     )
 
@@ -173,7 +191,7 @@ def _class_prompts(dataset: Dataset) -> tuple[tuple[str, ...], ...]:
 
 def _check(dataset: Dataset) -> None:
     where = f"data set '{dataset.name}'"
-    for split in (dataset.train_split, dataset.eval_split):
+    for split in () if dataset.tfds_name else (dataset.train_split, dataset.eval_split):
         if split not in dataset.file_patterns:
             raise ImpError(f"{where}: no file pattern for split '{split}'")
         if split not in dataset.num_examples:
@@ -255,14 +273,18 @@ def _checked(dataset: Dataset, example: dict, source_file, modalities, objective
 
 
 def _vision(dataset, spec_shape, frames, starts, seed) -> tf.Tensor:
-    """Sampled, cropped clips `[clips, T, H, W, 3]` in [-1, 1]."""
+    """Sampled, cropped clips `[clips, T, H, W, 3]` in [-1, 1] from `[frames]` JPEG bytes or
+    `[frames, H, W, 3]` pixels. A video shorter than a clip loops, as in DMVR."""
     num_frames, height, width = spec_shape
-    decoded = preprocessing.decode_frames(frames)
-    clips = tf.map_fn(
-        lambda start: preprocessing.gather_clip(decoded, start, num_frames, dataset.stride),
-        starts,
-        fn_output_signature=tf.TensorSpec([num_frames, None, None, 3], tf.uint8),
-    )
+    total = tf.shape(frames)[0]
+    indices = (starts[:, None] + tf.range(num_frames)[None] * dataset.stride) % total
+    clips = tf.gather(frames, indices)  # [clips, T] JPEG bytes, or [clips, T, H, W, 3] pixels
+    if frames.dtype == tf.string:  # decode only the sampled frames
+        clips = tf.map_fn(
+            preprocessing.decode_frames,
+            clips,
+            fn_output_signature=tf.TensorSpec([num_frames, None, None, 3], tf.uint8),
+        )
     if seed is None:
         out = tf.map_fn(
             lambda clip: preprocessing.central_crop(clip, height, width),
@@ -306,14 +328,27 @@ def _labels(dataset: Dataset, objective: str, labels: tf.Tensor) -> dict[str, tf
     return {"label": labels[0]}
 
 
+def _read(dataset: Dataset, element: dict, audio: bool) -> tuple[dict, tf.Tensor]:
+    """A source element -> `{frames, label, captions[, waveform]}` and what to name it by:
+    a DMVR record (frames still JPEG-encoded) or a TFDS image (decoded, one frame)."""
+    if dataset.tfds_name:
+        example = {
+            "frames": element["image"][None],
+            "label": tf.reshape(tf.cast(element["label"], tf.int64), [1]),
+            "captions": tf.zeros([0], tf.string),
+        }
+        return example, tf.constant(f"tfds:{dataset.tfds_name}")
+    return dmvr.parse(element["serialized"], waveform=audio), element["source_file"]
+
+
 @seqio.map_over_dataset(num_seeds=3)
 def _train_example(element, seeds, source: Dataset, spec: registry.TaskSpec) -> dict:
     """A training example of `spec`: one random clip, crop, flip, caption."""
     dataset = source  # (seqio's wrapper reserves the name `dataset`)
     clip_seed, vision_seed, caption_seed = seeds
     wants_audio = bool(set(spec.modalities) & set(AUDIO))
-    example = dmvr.parse(element["serialized"], waveform=wants_audio)
-    example = _checked(dataset, example, element["source_file"], spec.modalities, spec.objective)
+    example, source_file = _read(dataset, element, wants_audio)
+    example = _checked(dataset, example, source_file, spec.modalities, spec.objective)
     starts = preprocessing.clip_starts(
         tf.shape(example["frames"])[0], spec.frames, dataset.stride, 1, clip_seed
     )
@@ -339,9 +374,9 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
     dataset = source
     used = {m for _, modalities in dataset.tasks.values() for m in modalities}
     objectives = {objective for objective, _ in dataset.tasks.values()}
-    example = dmvr.parse(element["serialized"], waveform=bool(used & set(AUDIO)))
+    example, source_file = _read(dataset, element, bool(used & set(AUDIO)))
     labelled = next((o for o in registry.CLASSIFICATION if o in objectives), None)
-    example = _checked(dataset, example, element["source_file"], tuple(used), labelled)
+    example = _checked(dataset, example, source_file, tuple(used), labelled)
     clips = dataset.eval_clips
     starts = preprocessing.clip_starts(
         tf.shape(example["frames"])[0], dataset.frames, dataset.stride, clips, None

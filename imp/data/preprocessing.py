@@ -114,9 +114,10 @@ def log_mel(
     fft_length: int | None = None,
 ) -> tf.Tensor:
     """`[..., samples]` -> log-mel spectrogram `[..., time, num_mel_bins]` (Hann-windowed STFT,
-    power spectrum, HTK mel filters up to Nyquist, `log(x + 1e-6)`)."""
+    the end zero-padded to whole frames, so time = ceil(samples / frame_step); power spectrum,
+    HTK mel filters up to Nyquist; `log(x + 1e-6)`)."""
     fft_length = fft_length or 1 << (frame_length - 1).bit_length()
-    stft = tf.signal.stft(waveform, frame_length, frame_step, fft_length, pad_end=False)
+    stft = tf.signal.stft(waveform, frame_length, frame_step, fft_length, pad_end=True)
     power = tf.math.square(tf.abs(stft))
     filters = tf.signal.linear_to_mel_weight_matrix(
         num_mel_bins, fft_length // 2 + 1, sample_rate, 0.0, sample_rate / 2
@@ -124,8 +125,8 @@ def log_mel(
     return tf.math.log(tf.tensordot(power, filters, 1) + 1e-6)
 
 
-def num_spectrogram_frames(num_samples: int, frame_length: int, frame_step: int) -> int:
-    return 1 + (num_samples - frame_length) // frame_step
+def num_spectrogram_frames(num_samples: int, frame_step: int) -> int:
+    return -(-num_samples // frame_step)
 
 
 def pick_caption(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
