@@ -3,6 +3,8 @@
 imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
 imp data demo --out DIR [--seed N]
+imp data convert --media_dir DIR --annotations FILE --out DIR [--split S] [--workers N] [--strict]
+imp data inspect [--gin_file F ...] [--mixture NAME] [--show N] [--throughput]
 """
 
 import argparse
@@ -56,7 +58,7 @@ def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 def _configure(args: argparse.Namespace, flag_bindings: list[str]) -> None:
     from imp import config
     from imp.partitioning import distributed  # noqa: F401 - registers initialize with gin
-    from imp.tasks import demo  # noqa: F401 - registers prepare_demo with gin
+    from imp.tasks import catalog, datasets, demo  # noqa: F401 - register data hooks with gin
     from imp.training import loop  # noqa: F401 - registers train and its parts with gin
 
     config.parse(
@@ -96,6 +98,62 @@ def _data_demo(args, flag_bindings) -> int:
     return 0
 
 
+def _data_convert(args, flag_bindings) -> int:
+    from imp.data import convert, media
+
+    options = media.Options(
+        fps=args.fps,
+        short_side=args.short_side,
+        sample_rate=args.sample_rate,
+        max_seconds=args.max_seconds,
+    )
+    classes = None
+    if args.classes:
+        with open(args.classes) as f:
+            classes = [line.strip() for line in f if line.strip()]
+    summary = convert.convert(
+        args.media_dir,
+        args.annotations,
+        args.out,
+        split=args.split,
+        options=options,
+        classes=classes,
+        examples_per_shard=args.examples_per_shard,
+        workers=args.workers,
+        strict=args.strict,
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _data_inspect(args, flag_bindings) -> int:
+    _configure(args, flag_bindings)
+    import gin
+
+    from imp.data import inspect
+    from imp.modeling.model import ImpModel
+    from imp.tasks import registry
+
+    bindings = gin.get_bindings("train", resolve_references=True)
+    if bindings.get("prepare_data"):
+        bindings["prepare_data"]()
+    name = args.mixture or bindings.get("mixture_or_task_name")
+    if not name:
+        raise ImpError("no mixture to inspect: pass --mixture or bind train.mixture_or_task_name")
+    rows = inspect.mixture_rows(name, ImpModel())
+    print(json.dumps(rows) if args.json else inspect.format_rows(rows))
+    if args.show:
+        print("\n".join(inspect.show_examples(name, args.show)))
+    if args.throughput:
+        for spec, _ in registry.resolve(name):
+            rates = {p: inspect.throughput(spec, prefetch=p) for p in (False, True)}
+            print(
+                f"{spec.name}: {rates[False]:.0f} examples/s without prefetch, "
+                f"{rates[True]:.0f} with"
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,6 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_data_demo)
+    convert = data.add_parser("convert", help="media files + annotations -> DMVR TFRecords")
+    convert.add_argument("--media_dir", required=True, help="folder the annotation paths are in")
+    convert.add_argument(
+        "--annotations", required=True, help="CSV or JSON lines (path, caption, label)"
+    )
+    convert.add_argument("--out", required=True, help="output folder of the data set")
+    convert.add_argument("--split", default="train")
+    convert.add_argument("--classes", help="file of class names, one per line (label order)")
+    convert.add_argument("--workers", type=int, default=2)
+    convert.add_argument("--examples_per_shard", type=int, default=256)
+    convert.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    convert.add_argument("--fps", type=float, default=25.0)
+    convert.add_argument("--short_side", type=int, default=256)
+    convert.add_argument("--sample_rate", type=int, default=16000)
+    convert.add_argument("--max_seconds", type=float, default=30.0)
+    convert.set_defaults(run=_data_convert)
+    inspect = data.add_parser("inspect", help="per-task shapes, tokens and rates of a mixture")
+    _gin_parser(inspect)
+    inspect.add_argument("--mixture", help="default: the configured train.mixture_or_task_name")
+    inspect.add_argument(
+        "--show", type=int, default=0, help="print N decoded examples per data set"
+    )
+    inspect.add_argument("--throughput", action="store_true", help="measure examples/s per task")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=_data_inspect)
     return parser
 
 

@@ -19,11 +19,10 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
+from imp.data.convert import CLASSES, INFO
 from imp.errors import ImpError, did_you_mean
 from imp.tasks import datasets, registry
 
-INFO = "dataset_info.json"
-CLASSES = "classes.txt"
 VIDEO_TEMPLATES = ("a video of {}.", "a video of a person {}.", "{}")
 IMAGE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
 AUDIO_TEMPLATES = ("the sound of {}.", "{}")
@@ -134,6 +133,11 @@ def _describe_tfds(name: str, data_dir: str, fields: dict) -> datasets.Dataset:
         )
     builder = tfds.builder(fields["tfds_name"], data_dir=data_dir)
     fields.setdefault("class_names", tuple(builder.info.features["label"].names))
+    if "num_examples" not in fields:
+        splits = builder.info.splits
+        if not splits:
+            raise ImpError(f"data set '{name}': TFDS data at {builder.data_dir} has no splits")
+        fields["num_examples"] = {split: splits[split].num_examples for split in splits}
     return datasets.Dataset(name=name, tfds_data_dir=data_dir, **fields)
 
 

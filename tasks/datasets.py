@@ -150,7 +150,11 @@ def register_dataset(dataset: Dataset) -> list[tuple[registry.TaskSpec, float]]:
 
 def _source(dataset: Dataset) -> seqio.DataSource:
     if dataset.tfds_name:
-        return seqio.TfdsDataSource(dataset.tfds_name, tfds_data_dir=dataset.tfds_data_dir)
+        return seqio.TfdsDataSource(
+            dataset.tfds_name,
+            tfds_data_dir=dataset.tfds_data_dir,
+            splits=list(dataset.num_examples) or None,
+        )
     return seqio.FileDataSource(
         read_file_fn=dmvr.read_file,
         split_to_filepattern=dict(dataset.file_patterns),

@@ -32,7 +32,7 @@ def prepare_demo(
     data_dir: str | None = None,
     seed: int = 0,
     batch_size: int = 32,
-    text_length: int = 16,
+    text_length: int = 24,  # the longest demo caption has 19 tokens
     num_images: int | None = None,
 ) -> None:
     """Generates the demo world if needed, then registers its tasks and `demo_all`.
@@ -44,7 +44,7 @@ def prepare_demo(
     register_demo(root, manifest, batch_size, text_length)
 
 
-def register_demo(root: Path, manifest: dict, batch_size: int = 32, text_length: int = 16) -> None:
+def register_demo(root: Path, manifest: dict, batch_size: int = 32, text_length: int = 24) -> None:
     """Registers the demo data sets through `datasets.register_dataset`, like any user data,
     and the standard mixtures under the prefix `demo` (`demo_all`, `demo_video_text`, ...)."""
     registered = []

@@ -56,6 +56,29 @@ class TaskSpec:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def tokens_per_example(
+        self,
+        vision_patch: tuple[int, int, int],
+        waveform_patch: int,
+        spectrogram_patch: tuple[int, int],
+    ) -> dict[str, int]:
+        """Encoder tokens per example and modality after DropToken (which spares text), for
+        the model's patch sizes; a still image fills one tubelet."""
+        pt, ph, pw = vision_patch
+        full = {
+            "vision": -(-self.frames // pt) * (self.height // ph) * (self.width // pw),
+            "waveform": self.num_samples // waveform_patch,
+            "spectrogram": (self.spectrogram[0] // spectrogram_patch[0])
+            * (self.spectrogram[1] // spectrogram_patch[1])
+            if self.spectrogram
+            else 0,
+            "text": self.text_length,
+        }
+        return {
+            m: full[m] if m == "text" else max(1, round(full[m] * (1.0 - self.drop_rate)))
+            for m in self.modalities
+        }
+
 
 _SPECS: dict[str, TaskSpec] = {}
 

@@ -7,11 +7,10 @@ lists). Sequence: `image/encoded` (one JPEG per frame; a still image is one fram
 ops inside the tf.data graph, keeping the file name so errors can name it.
 """
 
-import io
-
 import numpy as np
 import tensorflow as tf
-from PIL import Image
+
+from imp.data.media import encode_jpeg
 
 LABEL = "clip/label/index"
 LABEL_STRING = "clip/label/string"
@@ -19,13 +18,6 @@ CAPTION = "caption/string"
 FRAMES = "image/encoded"
 WAVEFORM = "WAVEFORM/feature/floats"
 JPEG_QUALITY = 90
-
-
-def jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """`[H, W, 3]` uint8 -> JPEG bytes."""
-    buffer = io.BytesIO()
-    Image.fromarray(frame, mode="RGB").save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def encode(
@@ -62,7 +54,7 @@ def encode(
     if frames is not None:
         images = example.feature_lists.feature_list[FRAMES]
         for frame in frames:
-            encoded = frame if isinstance(frame, bytes) else jpeg(frame)
+            encoded = frame if isinstance(frame, bytes) else encode_jpeg(frame, JPEG_QUALITY)
             images.feature.add().bytes_list.value.append(encoded)
     if waveform is not None:
         audio = example.feature_lists.feature_list[WAVEFORM]

@@ -78,8 +78,9 @@ def dataset(
         split=split,
         shuffle=train,
         seed=seed if train else None,
-        shard_info=seqio.ShardInfo(index, count),
+        shard_info=seqio.ShardInfo(index, count) if count > 1 else None,
         num_epochs=None if train else 1,
+        try_in_mem_cache=False,  # stream from files: memory stays flat whatever the data set
     )
     keep = (
         *spec.modalities,
@@ -96,6 +97,8 @@ def dataset(
 def _check_files(spec: TaskSpec, task: seqio.Task, split: str, hosts: int) -> None:
     if split not in task.splits:
         raise ImpError(f"task '{spec.name}': no split '{split}' (has {sorted(task.splits)})")
+    if not isinstance(task.source, seqio.FileDataSource):
+        return  # e.g. TFDS, which checks its own files
     files = task.source.list_shards(split)
     pattern = task.source._split_to_filepattern[split]  # noqa: SLF001 (for the message)
     if not files:

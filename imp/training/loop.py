@@ -28,6 +28,7 @@ from imp.evaluation import heldout
 from imp.modeling.model import ImpModel
 from imp.partitioning.partitioner import Partitioner
 from imp.tasks import registry
+from imp.tasks.registry import CLASSIFICATION
 from imp.training import report, train_state
 from imp.training.checkpoint import Checkpointer
 from imp.training.graph_table import GraphTable, signature
@@ -87,7 +88,7 @@ def train(
     tasks = registry.resolve(mixture_or_task_name)
     specs = {spec.name: spec for spec, _ in tasks}
     heads = tuple(
-        sorted({(s.head, s.num_classes) for s in specs.values() if s.objective == "softmax"})
+        sorted({(s.head, s.num_classes) for s in specs.values() if s.objective in CLASSIFICATION})
     )
     model = ImpModel(heads=heads)
     _check_vocabulary(model, specs.values())
