@@ -82,7 +82,7 @@ def test_convert_reports_corrupt_file_and_writes_the_rest(media_dir, tmp_path, c
     out = capsys.readouterr().out
     assert "4 examples written in 2 shards" in out and "1 skipped" in out
     assert "skipped broken.mp4:" in out
-    assert (tmp_path / "out" / "train-errors.txt").read_text().startswith("broken.mp4\t")
+    assert (tmp_path / "out" / "errors-train.txt").read_text().startswith("broken.mp4\t")
     info = json.loads((tmp_path / "out" / "dataset_info.json").read_text())
     assert info["splits"]["train"]["num_examples"] == 4
     assert info["class_names"] == ["beeping", "moving", "running", "still", "walking"]
@@ -192,3 +192,49 @@ def test_catalog_tfds_entry(tmp_path):
         assert spec.num_classes == 100 and len(registered) == 3
         batch = next(feeding.batches(spec, "train", 0, train=True, batch_size=4))
     assert batch["vision"].shape == (4, 1, 32, 32, 3) and batch["label"].shape == (4,)
+
+
+def test_own_data_trains_from_the_gin_template(media_dir, tmp_path, world_dir):
+    """convert -> `gin/data/my_videos.gin` -> a few training steps, as docs/data.md says."""
+    from conftest import TINY
+
+    from imp import config
+    from imp.training import loop
+
+    (tmp_path / "videos.csv").write_text(
+        "path,caption,label\nwalk.mp4,a person walking,walking\nrun.mp4,a person running,running\n"
+    )
+    out = tmp_path / "my_videos"
+    for split in ("train", "validation"):
+        convert.convert(
+            media_dir,
+            tmp_path / "videos.csv",
+            out,
+            split=split,
+            options=convert.media.Options(fps=FPS, short_side=32),
+            progress=False,
+        )
+    config.parse(
+        ["models/tiny.gin", "data/my_videos.gin"],
+        [
+            f"MODEL_DIR = '{tmp_path / 'run'}'",
+            "TRAIN_STEPS = 4",
+            f"VOCABULARY = '{world_dir / 'spm.model'}'",
+            f"my_videos/Dataset.file_patterns = {{'train': '{out}/train-*', "
+            f"'validation': '{out}/validation-*'}}",
+            "my_videos/Dataset.num_examples = {'train': 2, 'validation': 2}",
+            "my_videos/Dataset.class_names = ['running', 'walking']",
+            "my_videos/Dataset.batch_size = 4",
+            "my_videos/Dataset.height = 32",
+            "my_videos/Dataset.width = 32",
+            "train.progress_bar = False",
+            *TINY,
+        ],
+    )
+    summary = loop.train()
+    assert sum(t["steps"] for t in summary["tasks"].values()) == 4
+    assert set(summary["tasks"]) <= {
+        f"my_videos_{task}{variant}"
+        for task in ("text", "cls")
+        for variant in ("", "_half_res", "_quarter_batch", "_droptoken")
+    }

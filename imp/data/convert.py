@@ -4,7 +4,7 @@ Annotations are a CSV (columns `path`, and any of `caption`, `label`; several ro
 path add captions; `label` may hold several labels separated by `;`) or JSON lines (keys
 `path`, `caption` or `captions`, `label` or `labels`). Paths are relative to the media
 folder. Files are decoded in parallel worker processes (`imp.data.media`); a file that cannot
-be decoded is listed in `{split}-errors.txt` and skipped, or stops the run with `--strict`.
+be decoded is listed in `errors-{split}.txt` and skipped, or stops the run with `--strict`.
 Shards are written to a staging folder and moved into place at the end, so an interrupted
 run leaves no partial split. `dataset_info.json` and `classes.txt` record counts and class
 names for `imp.tasks.catalog` and `imp.tasks.datasets`.
@@ -171,7 +171,7 @@ def convert(
     for path in sorted(staging.iterdir()):
         path.rename(out_dir / path.name)
     staging.rmdir()
-    (out_dir / f"{split}-errors.txt").write_text("".join(f"{p}\t{r}\n" for p, r in errors))
+    (out_dir / f"errors-{split}.txt").write_text("".join(f"{p}\t{r}\n" for p, r in errors))
     summary = Summary(split, len(records), len(errors), num_shards, size, errors)
     _save_info(out_dir, info, summary, class_names, options)
     return summary

@@ -133,10 +133,13 @@ def train(
             name = sampler.next()
             spec = specs[name]
             if name not in streams:
-                streams[name] = feeding.batches(
-                    spec, "train", seed, train=True, skip_batches=positions[name]
+                streams[name] = feeding.prefetch_to_device(
+                    feeding.batches(spec, "train", seed, train=True, skip_batches=positions[name]),
+                    partitioner.shard_batch,
                 )
-            batch = partitioner.shard_batch(next(streams[name]))
+            waited = time.perf_counter()
+            batch = next(streams[name])
+            waited = time.perf_counter() - waited
             positions[name] += 1
             rng = jax.random.fold_in(base_rng, step)
             compiled, compiled_now = table.lookup(
@@ -154,6 +157,7 @@ def train(
                 "objective": spec.objective,
                 **metrics,
                 "step_seconds": time.perf_counter() - tic,
+                "input_seconds": waited,
                 "compiled": compiled_now,
             }
             writer.write(record)
@@ -186,9 +190,19 @@ def train(
         log.warning("held-out evaluation at the end runs single-process only; use `imp eval`")
     elif evaluate_at_end and not stop.signal:
         evaluation = {
-            name: heldout.evaluate(model, state["params"], s) for name, s in specs.items()
+            name: heldout.evaluate(model, state["params"], s)
+            for name, s in _one_per_evaluation(specs).items()
         }
     return report.write(run_dir, table.stats_by_task(), evaluation, wall)
+
+
+def _one_per_evaluation(specs: dict) -> dict:
+    """Resolution variants of a task evaluate identically (on their data set's evaluation
+    Task); keep the first of each."""
+    kept = {}
+    for name, s in sorted(specs.items(), key=lambda item: item[1].variant != "base"):
+        kept.setdefault((s.eval_task or name, s.objective, s.modalities), (name, s))
+    return dict(kept.values())
 
 
 def _compile_step(partitioner: Partitioner, step_fn: Callable, shardings, args: tuple):
