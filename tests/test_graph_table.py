@@ -29,3 +29,61 @@ def test_signature_distinguishes_dtype_and_structure():
     assert signature(jnp.ones(3)) != signature(jnp.ones(3, jnp.int32))
     assert signature({"a": jnp.ones(3)}) != signature({"b": jnp.ones(3)})
     assert signature({"a": jnp.ones(3)}) == signature({"a": jnp.zeros(3)})
+
+
+def _step_compile_fn(x):
+    def step(v):
+        for _ in range(30):  # enough work for compile time to be measurable
+            v = jnp.sin(v @ v.T) @ v
+        return v
+
+    return lambda: jax.jit(step).lower(x).compile()
+
+
+def test_precompile_compiles_each_entry_once_and_records_memory():
+    table = GraphTable()
+    shapes = [(8, 8), (16, 8), (32, 8)]
+    calls = []
+
+    def job(shape):
+        fn = _step_compile_fn(jnp.ones(shape))
+
+        def counted():
+            calls.append(shape)
+            return fn()
+
+        return counted
+
+    jobs = {("t", s): job(s) for s in shapes}
+    table.precompile(jobs, threads=2)
+    table.precompile(jobs, threads=2)  # already there: nothing compiles
+    assert sorted(calls) == sorted(shapes)
+    for s in shapes:
+        assert not table.lookup(("t", s), job(s))[1]
+    rows = table.entry_stats()
+    assert len(rows) == 3 and all(
+        r["argument"] == 8 * r_shape[0] * 4 for r, r_shape in zip(rows, shapes, strict=True)
+    )
+    assert all(r["temp"] >= 0 and r["output"] > 0 for r in rows)
+
+
+def test_persistent_cache_makes_a_restart_compile_faster(tmp_path, capsys):
+    from imp.training.graph_table import use_persistent_cache
+
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        use_persistent_cache(str(tmp_path / "cache"))
+        x = jnp.ones((64, 64))
+        first = GraphTable()
+        first.lookup(("t",), _step_compile_fn(x))
+        jax.clear_caches()  # as a new process would start
+        restart = GraphTable()
+        restart.lookup(("t",), _step_compile_fn(x))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+    cold = first.entry_stats()[0]["compile_seconds"]
+    warm = restart.entry_stats()[0]["compile_seconds"]
+    with capsys.disabled():
+        print(f"\ncompile: first start {cold:.3f} s, restart with persistent cache {warm:.3f} s")
+    assert any((tmp_path / "cache").iterdir())
+    assert warm < cold

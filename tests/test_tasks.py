@@ -7,13 +7,13 @@ from imp.errors import ImpError
 from imp.tasks import demo, registry
 
 EXPECTED = {
-    "digit_images_text": {"vision": (4, 1, 32, 32, 3), "text": (4, 16)},
+    "digit_images_text": {"vision": (4, 1, 32, 32, 3), "text": (4, 24)},
     "digit_images_cls": {"vision": (4, 1, 32, 32, 3), "label": (4,)},
-    "digit_videos_text": {"vision": (4, 8, 32, 32, 3), "text": (4, 16)},
+    "digit_videos_text": {"vision": (4, 8, 32, 32, 3), "text": (4, 24)},
     "digit_videos_audio_text": {
         "vision": (4, 8, 32, 32, 3),
         "waveform": (4, 2560),
-        "text": (4, 16),
+        "text": (4, 24),
     },
     "digit_videos_cls": {"vision": (4, 8, 32, 32, 3), "label": (4,)},
 }

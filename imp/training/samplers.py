@@ -1,0 +1,139 @@
+"""Task schedules: which tasks each step trains, behind one interface (`Sampler`).
+
+* `proportional` (IMP, seed 004 §3.2, the default): multinomial over tasks, probability
+  proportional to the mixture rates (training examples; resolution variants share their
+  data set's weight).
+* `weighted`: multinomial with weights given in gin (PolyViT's "weighted", seed 000 §4.2).
+* `uniform`: multinomial with equal probabilities (PolyViT's "uniform").
+* `task_by_task`: each task trains for a contiguous block of steps proportional to its rate,
+  one task after the other (PolyViT's "task-by-task").
+* `round_robin`: tasks in turn (PolyViT's "alternating").
+* `accumulated`: every step computes every task's gradients and makes one update from their
+  sum (PolyViT's "accumulating gradients").
+* `summed`: every step runs all tasks in one graph and minimises the summed loss (the
+  single-graph baseline that AGD avoids).
+* `loss_aware`: none of the papers has it. A multinomial whose weights lean towards the tasks
+  whose loss falls slowest. The loss of a training batch is measured before the step trains
+  on it, so until the data repeat it is a held-out ("progressive validation") loss. Each
+  task's relative improvement r = (slow EMA - fast EMA) / slow EMA sets its weight
+  rate * exp(-r / temperature); every task keeps at least `floor` / n probability.
+
+`next(step)` returns the tasks of a step: one for AGD schedules, all for `accumulated` and
+`summed`. State (generator, loss averages) is JSON and goes into every checkpoint.
+"""
+
+import math
+from collections.abc import Sequence
+
+import gin
+import numpy as np
+
+SCHEDULES = (
+    "proportional",
+    "weighted",
+    "uniform",
+    "task_by_task",
+    "round_robin",
+    "accumulated",
+    "summed",
+    "loss_aware",
+)
+JOINT = ("accumulated", "summed")  # every task in every step
+
+
+class Sampler:
+    def __init__(
+        self,
+        schedule: str,
+        names: Sequence[str],
+        rates: Sequence[float],
+        total_steps: int,
+        seed: int = 0,
+        weights: dict[str, float] | None = None,
+        temperature: float = 0.05,
+        floor: float = 0.2,
+        fast_decay: float = 0.7,
+        slow_decay: float = 0.95,
+    ):
+        from imp.errors import ImpError, did_you_mean
+
+        if schedule not in SCHEDULES:
+            hint = did_you_mean(schedule, SCHEDULES) or f"; choose from {SCHEDULES}"
+            raise ImpError(f"unknown schedule '{schedule}'{hint}")
+        if schedule == "weighted":
+            missing = sorted(set(names) - set(weights or {}))
+            if missing:
+                raise ImpError(f"schedule 'weighted' needs make_sampler.weights for {missing}")
+            rates = [weights[n] for n in names]
+        rates = np.asarray(rates if schedule != "uniform" else [1.0] * len(names), np.float64)
+        if not len(names) or len(rates) != len(names) or np.any(rates <= 0):
+            raise ImpError(
+                f"need a positive rate per task, got {dict(zip(names, rates, strict=False))}"
+            )
+        self.schedule = schedule
+        self.names = list(names)
+        self.rates = rates / rates.sum()
+        self.total_steps = total_steps
+        self.rng = np.random.default_rng(seed)
+        self.temperature, self.floor = temperature, floor
+        self.decays = (fast_decay, slow_decay)
+        self.averages: dict[str, list[float]] = {}  # task -> [fast, slow] loss EMAs
+        # task_by_task: task i owns steps [boundaries[i], boundaries[i + 1]).
+        self.boundaries = np.round(np.cumsum([0.0, *self.rates]) * total_steps).astype(int)
+
+    def next(self, step: int) -> list[str]:
+        if self.schedule in JOINT:
+            return list(self.names)
+        if self.schedule == "round_robin":
+            return [self.names[step % len(self.names)]]
+        if self.schedule == "task_by_task":
+            index = int(np.searchsorted(self.boundaries, step, side="right")) - 1
+            return [self.names[min(index, len(self.names) - 1)]]
+        return [self.names[self.rng.choice(len(self.names), p=self.probabilities())]]
+
+    def probabilities(self) -> np.ndarray:
+        """The current multinomial (random schedules)."""
+        if self.schedule != "loss_aware":
+            return self.rates
+        improvement = np.array(
+            [
+                (a[1] - a[0]) / max(abs(a[1]), 1e-8) if (a := self.averages.get(n)) else 0.0
+                for n in self.names
+            ]
+        )
+        logits = np.log(self.rates) - improvement / self.temperature
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        return (1.0 - self.floor) * p + self.floor / len(self.names)
+
+    def observe(self, task: str, loss: float) -> None:
+        """Records a task's loss on a batch it had not trained on yet (for `loss_aware`)."""
+        if not math.isfinite(loss):
+            return
+        if task not in self.averages:
+            self.averages[task] = [loss, loss]
+            return
+        for i, decay in enumerate(self.decays):
+            self.averages[task][i] = decay * self.averages[task][i] + (1 - decay) * loss
+
+    def state(self) -> dict:
+        return {"bit_generator": self.rng.bit_generator.state, "averages": self.averages}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+        self.averages = {k: list(v) for k, v in state.get("averages", {}).items()}
+
+
+@gin.configurable
+def make_sampler(
+    names: Sequence[str],
+    rates: Sequence[float],
+    total_steps: int,
+    seed: int,
+    schedule: str = "proportional",
+    weights: dict[str, float] | None = None,
+    temperature: float = 0.05,
+    floor: float = 0.2,
+) -> Sampler:
+    """The run's task schedule (`make_sampler.schedule`, one of `SCHEDULES`)."""
+    return Sampler(schedule, names, rates, total_steps, seed, weights, temperature, floor)
