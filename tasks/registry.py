@@ -38,6 +38,9 @@ class TaskSpec:
     variant: str = "base"  # multi-resolution variant (see `imp.tasks.datasets.variants`)
     eval_task: str = ""  # seqio Task with the data set's evaluation inputs; "" = this one
     eval_split: str = "validation"
+    loss_weight: float = 1.0
+    lr_multiplier: float = 1.0
+    head_name: str = ""  # the classifier head; "" = one per data set
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -50,7 +53,7 @@ class TaskSpec:
 
     @property
     def head(self) -> str:
-        return self.dataset
+        return self.head_name or self.dataset
 
     @property
     def num_classes(self) -> int:

@@ -76,10 +76,10 @@ def main() -> None:
             args.process_id * 16 // args.num_processes,
             (args.process_id + 1) * 16 // args.num_processes,
         )
-        batch = partitioner.shard_batch({k: v[rows] for k, v in global_batch.items()})
+        batch = {"t": partitioner.shard_batch({k: v[rows] for k, v in global_batch.items()})}
         key = jax.random.key(1)
         batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-        step = make_train_step(model, tx, schedule, task)
+        step = make_train_step(model, tx, schedule, [task])
         in_shardings = (shardings, batch_shardings, partitioner.replicated())
         out_shardings = (shardings, partitioner.replicated())
         compiled = partitioner.compile(step, (state, batch, key), in_shardings, out_shardings)

@@ -5,12 +5,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from imp.modeling.model import ImpModel, init_variables
 from imp.tasks.registry import TaskSpec
 from imp.training.optimizer import make_optimizer
-from imp.training.step import make_train_step
+from imp.training.step import make_apply_step, make_grad_step, make_train_step, task_loss
 
 MODEL = ImpModel(
     heads=(("a", 3), ("b", 4)),
@@ -40,11 +41,11 @@ def test_other_heads_and_their_adam_state(freeze):
     tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
     params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    step_a = jax.jit(make_train_step(MODEL, tx, schedule, TASK_A, freeze))
-    step_b = jax.jit(make_train_step(MODEL, tx, schedule, TASK_B, freeze))
-    state, _ = step_b(state, _batch(0, 4), jax.random.key(0))  # gives head b momentum
+    step_a = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], freeze))
+    step_b = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_B], freeze))
+    state, _ = step_b(state, {"task_b": _batch(0, 4)}, jax.random.key(0))  # head b momentum
     before = jax.tree.map(np.asarray, state)
-    state, _ = step_a(state, _batch(1, 3), jax.random.key(1))
+    state, _ = step_a(state, {"task_a": _batch(1, 3)}, jax.random.key(1))
     after = jax.tree.map(np.asarray, state)
 
     head_b = lambda s: s["params"]["classifiers_b"]  # noqa: E731
@@ -73,4 +74,84 @@ def test_other_heads_and_their_adam_state(freeze):
             jax.tree.leaves(after["params"]["encoder"]),
             strict=True,
         )
+    )
+
+
+def _fresh_state(tx):
+    params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+def _assert_trees_close(a, b, **tolerance):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tolerance)
+
+
+def test_summed_and_accumulated_equal_a_hand_summed_update():
+    """One step of each baseline == Adam applied to grad(L_a) + grad(L_b), computed by hand."""
+    tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
+    batches = {"task_a": _batch(1, 3), "task_b": _batch(2, 4)}
+    rng = jax.random.key(3)
+    state = _fresh_state(tx)
+
+    grads = [
+        jax.grad(
+            lambda p, t=t, i=i: task_loss(MODEL, t, p, batches[t.name], jax.random.fold_in(rng, i))[
+                0
+            ]
+        )(state["params"])
+        for i, t in enumerate((TASK_A, TASK_B))
+    ]
+    total = jax.tree.map(jnp.add, *grads)
+    updates, _ = tx.update(total, state["opt_state"], state["params"])
+    reference = optax.apply_updates(state["params"], updates)
+
+    summed, _ = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A, TASK_B]))(
+        _fresh_state(tx), batches, rng
+    )
+    _assert_trees_close(summed["params"], reference, rtol=1e-5, atol=1e-6)
+
+    grad_a = jax.jit(make_grad_step(MODEL, TASK_A))
+    grad_b = jax.jit(make_grad_step(MODEL, TASK_B))
+    fresh = _fresh_state(tx)
+    accumulated_grads = jax.tree.map(
+        jnp.add,
+        grad_a(fresh["params"], batches["task_a"], jax.random.fold_in(rng, 0))[0],
+        grad_b(fresh["params"], batches["task_b"], jax.random.fold_in(rng, 1))[0],
+    )
+    accumulated, _ = jax.jit(make_apply_step(tx, schedule, [TASK_A, TASK_B]))(
+        fresh, accumulated_grads
+    )
+    _assert_trees_close(accumulated["params"], reference, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_step_changes_nothing_but_the_counter():
+    tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
+    state = _fresh_state(tx)
+    before = jax.tree.map(np.asarray, state)
+    batch = _batch(1, 3)
+    batch["vision"] = batch["vision"].at[0, 0, 0, 0, 0].set(jnp.nan)
+    after, metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(
+        state, {"task_a": batch}, jax.random.key(0)
+    )
+    assert bool(metrics["skipped"]) and int(after["step"]) == 1
+    _assert_trees_close(after["params"], before["params"], rtol=0, atol=0)
+    _assert_trees_close(after["opt_state"], before["opt_state"], rtol=0, atol=0)
+
+
+def test_task_lr_multiplier_scales_the_update():
+    import dataclasses
+
+    tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
+    batches = {"task_a": _batch(1, 3)}
+    rng = jax.random.key(0)
+    start = jax.tree.map(np.asarray, _fresh_state(tx))
+    one, _ = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(_fresh_state(tx), batches, rng)
+    half_task = dataclasses.replace(TASK_A, lr_multiplier=0.5)
+    half, _ = jax.jit(make_train_step(MODEL, tx, schedule, [half_task]))(
+        _fresh_state(tx), batches, rng
+    )
+    delta = lambda s: jax.tree.map(lambda x, y: np.asarray(x) - y, s["params"], start["params"])  # noqa: E731
+    _assert_trees_close(
+        delta(half), jax.tree.map(lambda d: 0.5 * d, delta(one)), rtol=1e-4, atol=1e-7
     )

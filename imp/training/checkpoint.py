@@ -1,13 +1,18 @@
-"""Orbax checkpoints of the train state plus the loop's JSON metadata (sampler, data positions).
+"""Orbax checkpoints of the train state plus the loop's JSON metadata (sampler, data positions,
+graph-table statistics).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run
-killed mid-save never leaves a checkpoint that restore would pick up.
+killed mid-save never leaves a checkpoint that restore would pick up. A checkpoint that is
+complete but unreadable (a damaged disk, a hand-edited file) is skipped for the one before it,
+with a warning.
 """
 
+import logging
 from pathlib import Path
 
 import orbax.checkpoint as ocp
 
+from imp.errors import ImpError
 from imp.training.train_state import TrainState
 
 
@@ -39,6 +44,24 @@ class Checkpointer:
             ),
         )
         return restored["state"], restored["meta"]
+
+    def restore_latest(self, abstract_state: TrainState) -> tuple[int, TrainState, dict] | None:
+        """The newest checkpoint that reads back, as `(step, state, meta)`; None without any."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except Exception as error:  # orbax and tensorstore raise many kinds
+                logging.getLogger(__name__).warning(
+                    "checkpoint at step %d in %s is unreadable (%s: %s); trying the one before",
+                    step,
+                    self.manager.directory,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "",
+                )
+        if steps:
+            raise ImpError(f"no checkpoint in {self.manager.directory} reads back (steps {steps})")
+        return None
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -1,12 +1,14 @@
-"""The AGD training loop (seed 004 Algorithm 1): each step samples one task, fetches its batch,
-and runs the compiled graph for exactly that task's input signature.
+"""The AGD training loop (seed 004 Algorithm 1): each step samples a task (or, for the
+baselines, takes all of them), fetches its batch, and runs the compiled graph for exactly that
+task's input signature (`imp.training.trainer`).
 
-Resumable: parameters, optimizer state, the sampler's generator and every task's stream
-position are checkpointed, so a resumed run continues the same sequence of tasks and batches.
-SIGTERM and SIGINT finish the current step, save, and exit cleanly.
+Resumable: parameters, optimizer state, the sampler's state, every task's stream position and
+the graph-table statistics are checkpointed, so a resumed run continues the same sequence of
+tasks and batches; the step RNG is `fold_in(key(seed + 1), step)`. SIGTERM and SIGINT finish
+the current step, save, and exit cleanly. A step with a non-finite loss is skipped and logged.
 """
 
-import functools
+import dataclasses
 import logging
 import os
 import signal
@@ -17,7 +19,6 @@ from pathlib import Path
 
 import gin
 import jax
-import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
@@ -31,11 +32,11 @@ from imp.tasks import registry
 from imp.tasks.registry import CLASSIFICATION
 from imp.training import report, train_state
 from imp.training.checkpoint import Checkpointer
-from imp.training.graph_table import GraphTable, signature
+from imp.training.graph_table import use_persistent_cache
 from imp.training.metrics_writer import MetricsWriter
 from imp.training.optimizer import make_optimizer
-from imp.training.sampler import ProportionalSampler
-from imp.training.step import make_train_step
+from imp.training.samplers import JOINT, make_sampler
+from imp.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,62 @@ class _StopRequest:
             signal.signal(s, handler)
 
 
+class _Streams:
+    """Each task's batches, opened on first use at the position the checkpoint recorded and
+    kept two batches ahead on the devices."""
+
+    def __init__(self, specs: dict, seed: int, positions: dict, partitioner: Partitioner):
+        self.specs, self.seed, self.partitioner = specs, seed, partitioner
+        self.positions = dict.fromkeys(specs, 0) | positions  # batches consumed per task
+        self.iterators = {}
+
+    def next(self, name: str) -> dict:
+        if name not in self.iterators:
+            self.iterators[name] = feeding.prefetch_to_device(
+                feeding.batches(
+                    self.specs[name],
+                    "train",
+                    self.seed,
+                    train=True,
+                    skip_batches=self.positions[name],
+                ),
+                self.partitioner.shard_batch,
+            )
+        self.positions[name] += 1
+        return next(self.iterators[name])
+
+    def abstract(self, name: str) -> dict:
+        """The global batch of a task as `jax.ShapeDtypeStruct`s (for precompiling)."""
+        element = feeding.dataset(self.specs[name], "train", self.seed, train=True).element_spec
+        sharding = self.partitioner.batch_sharding()
+        return {
+            k: jax.ShapeDtypeStruct(
+                (v.shape[0] * jax.process_count(), *v.shape[1:]),
+                v.dtype.as_numpy_dtype,
+                sharding=sharding,
+            )
+            for k, v in element.items()
+        }
+
+
+def _training_tasks(mixture_or_task_name: str, task_options: dict | None) -> list:
+    """The mixture's tasks and rates, with `task_options` (task -> {loss_weight,
+    lr_multiplier, head_name}) applied."""
+    tasks = registry.resolve(mixture_or_task_name)
+    options = dict(task_options or {})
+    unknown = sorted(set(options) - {spec.name for spec, _ in tasks})
+    if unknown:
+        raise ImpError(f"train.task_options names tasks outside the mixture: {unknown}")
+    allowed = {"loss_weight", "lr_multiplier", "head_name"}
+    for name, fields in options.items():
+        if set(fields) - allowed:
+            raise ImpError(
+                f"train.task_options['{name}']: unknown fields {sorted(set(fields) - allowed)}; "
+                f"allowed: {sorted(allowed)}"
+            )
+    return [(dataclasses.replace(spec, **options.get(spec.name, {})), rate) for spec, rate in tasks]
+
+
 @gin.configurable
 def train(
     model_dir: str = gin.REQUIRED,
@@ -79,13 +136,35 @@ def train(
     freeze_untouched: bool = True,
     evaluate_at_end: bool = True,
     progress_bar: bool = True,
+    precompile: bool = False,
+    compile_threads: int = 2,
+    compilation_cache: str | None = "run",
+    max_bad_steps: int = 5,
+    task_options: dict | None = None,
+    gradient_similarity_every: int = 0,
 ) -> dict:
     """Trains `mixture_or_task_name` for `train_steps` steps into `model_dir`; returns the
-    summary (also written to `report/summary.json`) on the first process, {} on the others."""
+    summary (also written to `report/summary.json`) on the first process, {} on the others.
+
+    Args:
+      precompile: compile every graph of the schedule before step 1 (`compile_threads` at a
+        time) instead of at first use.
+      compilation_cache: JAX's persistent compilation cache: "run" = `model_dir/
+        compilation_cache`, a path, or None for none.
+      max_bad_steps: a step with a non-finite loss or gradient is skipped (and logged); this
+        many in a row stop the run.
+      task_options: per task `{loss_weight, lr_multiplier, head_name}`.
+      gradient_similarity_every: every N steps, log the cosine similarity of the tasks'
+        encoder gradients (0: never).
+    """
     run_dir = make_run_dir(model_dir)
+    if compilation_cache:
+        use_persistent_cache(
+            run_dir / "compilation_cache" if compilation_cache == "run" else compilation_cache
+        )
     if prepare_data is not None:
         prepare_data()
-    tasks = registry.resolve(mixture_or_task_name)
+    tasks = _training_tasks(mixture_or_task_name, task_options)
     specs = {spec.name: spec for spec, _ in tasks}
     heads = tuple(
         sorted({(s.head, s.num_classes) for s in specs.values() if s.objective in CLASSIFICATION})
@@ -95,32 +174,43 @@ def train(
     partitioner = Partitioner()
     tx, schedule = make_optimizer(train_steps)
     shardings = train_state.state_shardings(model, tx, partitioner)
-    sampler = ProportionalSampler([s.name for s, _ in tasks], [r for _, r in tasks], seed=seed)
+    sampler = make_sampler(list(specs), [r for _, r in tasks], train_steps, seed)
     checkpointer = Checkpointer(run_dir / "checkpoints", keep_checkpoints)
 
-    positions = dict.fromkeys(specs, 0)  # batches consumed per task
-    latest = checkpointer.latest_step()
-    if latest is None:
+    restored = checkpointer.restore_latest(train_state.abstract(shardings, model, tx))
+    positions, previous_graphs = {}, []
+    if restored is None:
         state = train_state.create(model, tx, partitioner, jax.random.key(seed), shardings)
     else:
-        state, meta = checkpointer.restore(latest, train_state.abstract(shardings, model, tx))
+        step, state, meta = restored
         sampler.restore(meta["sampler"])
-        positions.update(meta["positions"])
-        log.info("resumed from %s at step %d", checkpointer.manager.directory, latest)
+        positions = meta["positions"]
+        previous_graphs = meta.get("graphs", [])
+        log.info("resumed from %s at step %d", checkpointer.manager.directory, step)
     first_process = jax.process_index() == 0
     if first_process:
         write_operative_config(run_dir / "config.gin")
 
-    streams = {}
-    step_fns = {
-        name: make_train_step(model, tx, schedule, s, freeze_untouched) for name, s in specs.items()
-    }
-    table = GraphTable()
+    trainer = Trainer(
+        model,
+        tx,
+        schedule,
+        specs,
+        partitioner,
+        shardings,
+        sampler.schedule == "accumulated",
+        freeze_untouched,
+    )
+    streams = _Streams(specs, seed, positions, partitioner)
+    base_rng = jax.random.key(seed + 1)
+    if precompile:
+        _precompile(trainer, streams, sampler, state, base_rng, compile_threads)
     writer = MetricsWriter(run_dir)
     stop = _StopRequest()
-    base_rng = jax.random.key(seed + 1)
+    patches = (model.vision_patch, model.waveform_patch, model.spectrogram_patch)
     start_step = int(state["step"])
     start_time = time.perf_counter()
+    bad_steps = 0
     # disable=None shows the bar on a terminal only, keeping CI logs free of it.
     bar = tqdm.tqdm(
         total=train_steps,
@@ -130,46 +220,74 @@ def train(
     )
     try:
         for step in range(start_step, train_steps):
-            name = sampler.next()
-            spec = specs[name]
-            if name not in streams:
-                streams[name] = feeding.prefetch_to_device(
-                    feeding.batches(spec, "train", seed, train=True, skip_batches=positions[name]),
-                    partitioner.shard_batch,
-                )
+            names = tuple(sampler.next(step))
             waited = time.perf_counter()
-            batch = next(streams[name])
+            batches = {n: streams.next(n) for n in names}
             waited = time.perf_counter() - waited
-            positions[name] += 1
             rng = jax.random.fold_in(base_rng, step)
-            compiled, compiled_now = table.lookup(
-                (name, spec.objective, signature(batch)),
-                functools.partial(
-                    _compile_step, partitioner, step_fns[name], shardings, (state, batch, rng)
-                ),
-            )
             tic = time.perf_counter()
-            state, metrics = compiled(state, batch, rng)
-            metrics = {k: v.tolist() for k, v in jax.device_get(metrics).items()}
-            record = {
-                "step": step + 1,
-                "task": name,
-                "objective": spec.objective,
-                **metrics,
-                "step_seconds": time.perf_counter() - tic,
-                "input_seconds": waited,
-                "compiled": compiled_now,
-            }
-            writer.write(record)
-            bar.set_postfix_str(f"{name} loss {metrics['loss']:.3f}")
+            state, per_task, compiled_now = trainer.step(names, state, batches, rng)
+            seconds = time.perf_counter() - tic
+            for name, metrics in per_task.items():
+                metrics = {k: v.tolist() for k, v in metrics.items()}
+                sampler.observe(name, metrics["loss"])
+                spec = specs[name]
+                examples = spec.batch_size
+                tokens = sum(spec.tokens_per_example(*patches).values()) * examples
+                writer.write(
+                    {
+                        "step": step + 1,
+                        "task": name,
+                        "objective": spec.objective,
+                        **metrics,
+                        "step_seconds": seconds,
+                        "input_seconds": waited,
+                        "examples_per_second": examples / seconds,
+                        "tokens_per_second": tokens / seconds,
+                        "compiled": compiled_now,
+                        "batch_position": streams.positions[name] - 1,
+                    }
+                )
+            skipped = [n for n, m in per_task.items() if bool(m["skipped"])]
+            bad_steps = bad_steps + 1 if skipped else 0
+            if skipped:
+                log.warning(
+                    "step %d: non-finite loss or gradient from %s; update skipped (reproduce: "
+                    "seed %d, step %d, batch positions %s)",
+                    step + 1,
+                    skipped,
+                    seed,
+                    step + 1,
+                    {n: streams.positions[n] - 1 for n in skipped},
+                )
+                if bad_steps >= max_bad_steps:
+                    raise ImpError(
+                        f"{bad_steps} steps in a row had a non-finite loss or gradient (last at "
+                        f"step {step + 1}, task {skipped}); see {run_dir / 'metrics.jsonl'}"
+                    )
+            if gradient_similarity_every and (step + 1) % gradient_similarity_every == 0:
+                similar = trainer.gradient_similarity(
+                    state, {n: streams.next(n) for n in specs}, rng
+                )
+                writer.write(
+                    {
+                        "step": step + 1,
+                        "task": "gradient_similarity",
+                        "tasks": list(specs),
+                        "matrix": similar.tolist(),
+                    }
+                )
+            label = names[0] if len(names) == 1 else sampler.schedule
+            bar.set_postfix_str(f"{label} loss {float(per_task[names[-1]]['loss']):.3f}")
             bar.update()
-            if not np.isfinite(metrics["loss"]):
-                raise ImpError(f"loss of task '{name}' is {metrics['loss']} at step {step + 1}")
             done = step + 1 == train_steps
             if (step + 1) % checkpoint_every == 0 or done or stop.signal:
-                checkpointer.save(
-                    step + 1, state, {"sampler": sampler.state(), "positions": positions}
-                )
+                meta = {
+                    "sampler": sampler.state(),
+                    "positions": streams.positions,
+                    "graphs": previous_graphs + trainer.table.entry_stats(),
+                }
+                checkpointer.save(step + 1, state, meta)
             if stop.signal:
                 log.warning("%s received: saved step %d, exiting", stop.signal, step + 1)
                 break
@@ -193,7 +311,22 @@ def train(
             name: heldout.evaluate(model, state["params"], s)
             for name, s in _one_per_evaluation(specs).items()
         }
-    return report.write(run_dir, table.stats_by_task(), evaluation, wall)
+    return report.write(run_dir, trainer.table, evaluation, wall)
+
+
+def _precompile(trainer, streams, sampler, state, rng, threads: int) -> None:
+    """Compiles every graph the schedule can use, before step 1."""
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )
+    groups = [tuple(sampler.names)] if sampler.schedule in JOINT else [(n,) for n in sampler.names]
+    jobs = {}
+    for names in groups:
+        batches = {n: streams.abstract(n) for n in names}
+        jobs.update(trainer.jobs(names, abstract_state, batches, rng))
+    start = time.perf_counter()
+    trainer.table.precompile(jobs, threads)
+    log.info("precompiled %d graphs in %.1f s", len(jobs), time.perf_counter() - start)
 
 
 def _one_per_evaluation(specs: dict) -> dict:
@@ -203,18 +336,6 @@ def _one_per_evaluation(specs: dict) -> dict:
     for name, s in sorted(specs.items(), key=lambda item: item[1].variant != "base"):
         kept.setdefault((s.eval_task or name, s.objective, s.modalities), (name, s))
     return dict(kept.values())
-
-
-def _compile_step(partitioner: Partitioner, step_fn: Callable, shardings, args: tuple):
-    """AOT-compiles `step_fn(state, batch, rng)`, donating the old state's buffers."""
-    batch_shardings = jax.tree.map(lambda x: x.sharding, args[1])
-    return partitioner.compile(
-        step_fn,
-        args,
-        (shardings, batch_shardings, partitioner.replicated()),
-        (shardings, partitioner.replicated()),
-        donate_argnums=(0,),
-    )
 
 
 def _check_vocabulary(model: ImpModel, specs) -> None:

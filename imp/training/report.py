@@ -5,6 +5,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -12,29 +13,44 @@ import matplotlib.pyplot as plt  # noqa: E402
 _SMOOTH = 10  # losses averaged over the first/last this many steps of each task
 
 
-def _read_metrics(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, float]]:
-    """Loss per task over steps, and the seconds spent in train steps and waiting for input."""
+def _read_metrics(run_dir: Path) -> dict:
+    """From `metrics.jsonl`: loss per task over steps, seconds in steps and waiting for input,
+    routing fractions per modality, and the gradient-similarity matrices."""
     losses = defaultdict(list)
     seconds = {"step_seconds": 0.0, "input_seconds": 0.0}
+    counted_steps = set()
+    routing = defaultdict(list)
+    similarity = []
     with (run_dir / "metrics.jsonl").open() as f:
         for line in f:
             record = json.loads(line)
+            if record["task"] == "gradient_similarity":
+                similarity.append(record)
+                continue
             losses[record["task"]].append((record["step"], record["loss"]))
-            for key in seconds:
-                seconds[key] += record.get(key, 0.0)
-    return losses, seconds
+            if record["step"] not in counted_steps:  # joint steps write a line per task
+                counted_steps.add(record["step"])
+                for key in seconds:
+                    seconds[key] += record.get(key, 0.0)
+            for key, value in record.items():
+                if key.startswith("routing/") and key.endswith("/expert_fraction"):
+                    routing[key.split("/")[1]].append(np.asarray(value, np.float64))
+    return {"losses": losses, "seconds": seconds, "routing": routing, "similarity": similarity}
 
 
-def write(run_dir: Path, graphs: dict, evaluation: dict, wall_seconds: float) -> dict:
-    losses, seconds = _read_metrics(run_dir)
+def write(run_dir: Path, table, evaluation: dict, wall_seconds: float) -> dict:
+    """`report/summary.json` and the plots, from the run's metrics and its graph table."""
+    metrics = _read_metrics(run_dir)
+    losses, seconds = metrics["losses"], metrics["seconds"]
+    graphs = table.stats_by_task()
     tasks = {}
-    for name in sorted(set(losses) | set(graphs)):
+    for name in sorted(set(losses) | set(evaluation)):
         values = [loss for _, loss in losses.get(name, [])]
         tasks[name] = {
             "steps": len(values),
             "first_loss": sum(values[:_SMOOTH]) / max(len(values[:_SMOOTH]), 1),
             "last_loss": sum(values[-_SMOOTH:]) / max(len(values[-_SMOOTH:]), 1),
-            **graphs.get(name, {"compiles": 0, "compile_seconds": 0.0, "hits": 0}),
+            **graphs.get(name, {"compiles": 0, "compile_seconds": 0.0, "hits": 0, "temp_bytes": 0}),
             "heldout": evaluation.get(name, {}),
         }
     compile_seconds = sum(g["compile_seconds"] for g in graphs.values())
@@ -42,6 +58,7 @@ def write(run_dir: Path, graphs: dict, evaluation: dict, wall_seconds: float) ->
         "wall_seconds": wall_seconds,
         "compile_seconds": compile_seconds,
         "compile_fraction": compile_seconds / max(wall_seconds, 1e-9),
+        "graphs": len(table.entries),
         # Time the loop waited for the next batch: near 0 when the model step is the bottleneck.
         **seconds,
         "input_wait_fraction": seconds["input_seconds"] / max(wall_seconds, 1e-9),
@@ -51,6 +68,18 @@ def write(run_dir: Path, graphs: dict, evaluation: dict, wall_seconds: float) ->
     out.mkdir(exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _plot_losses(losses, out / "loss_per_task.png")
+    _plot_bars(
+        {n: len(v) for n, v in sorted(losses.items())}, "steps", out / "task_sampling_counts.png"
+    )
+    _plot_bars(
+        {f"{r['task']} #{i}": r["compile_seconds"] for i, r in enumerate(table.entry_stats())},
+        "compile seconds",
+        out / "compile_seconds_per_graph.png",
+    )
+    if metrics["routing"]:
+        _plot_routing(metrics["routing"], out / "expert_routing_by_modality.png")
+    if metrics["similarity"]:
+        _plot_similarity(metrics["similarity"][-1], out / "gradient_similarity.png")
     return summary
 
 
@@ -62,6 +91,43 @@ def _plot_losses(losses: dict, path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _plot_bars(values: dict[str, float], label: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.28 * max(len(values), 1)))
+    ax.barh(list(values), list(values.values()))
+    ax.invert_yaxis()
+    ax.set_xlabel(label)
+    ax.tick_params(axis="y", labelsize=7)
+    _save(fig, path)
+
+
+def _plot_routing(routing: dict[str, list], path: Path) -> None:
+    """Fraction of each modality's tokens dispatched to each expert, averaged over the run
+    (and over MoE layers)."""
+    names = sorted(routing)
+    rows = [np.mean([r.reshape(-1, r.shape[-1]).mean(0) for r in routing[m]], 0) for m in names]
+    fig, ax = plt.subplots(figsize=(7, 1 + 0.5 * len(names)))
+    image = ax.imshow(np.stack(rows), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("expert")
+    fig.colorbar(image, ax=ax, label="fraction of tokens")
+    _save(fig, path)
+
+
+def _plot_similarity(record: dict, path: Path) -> None:
+    matrix = np.asarray(record["matrix"])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu")
+    ax.set_xticks(range(len(record["tasks"])), record["tasks"], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(record["tasks"])), record["tasks"], fontsize=7)
+    ax.set_title(f"encoder gradient cosine similarity, step {record['step']}", fontsize=9)
+    fig.colorbar(image, ax=ax)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,12 +1,16 @@
-"""The AGD train step for one task: forward, objective, backward, optax update.
+"""Train steps: forward, objective, backward, optax update, for one task (AGD) or several
+(the summed and accumulated baselines).
 
-Parameters the task does not touch (other datasets' heads, other modalities' embedders and
-projections) and their optimizer state are kept exactly as they were: with plain Adam they
-would otherwise keep moving on stale momentum (UniT, seed 002 footnote 2). Each task's step
-is compiled on its own, so this mask is static.
+Parameters the step's tasks do not touch (other datasets' heads, other modalities' embedders
+and projections) and their optimizer state are kept exactly as they were: with plain Adam
+they would otherwise keep moving on stale momentum (UniT, seed 002 footnote 2). Each graph is
+compiled for its tasks, so this mask is static.
+
+A step whose loss or gradients are not finite changes nothing but the step counter and
+reports `skipped`; the loop decides when too many in a row stop the run.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import gin
 import jax
@@ -15,11 +19,11 @@ import optax
 
 from imp import objectives
 from imp.modeling.model import ImpModel
-from imp.tasks.registry import CLASSIFICATION
+from imp.tasks.registry import CLASSIFICATION, TaskSpec
 from imp.training.train_state import TrainState
 
 
-def used_parameters(task) -> set[str]:
+def used_parameters(task: TaskSpec) -> set[str]:
     """Top-level parameter collections the task reads."""
     used = {"encoder"} | {
         f"{part}_{m}" for m in task.modalities for part in ("embedders", "encoders")
@@ -31,72 +35,180 @@ def used_parameters(task) -> set[str]:
     return used
 
 
-def _keep_untouched(new, old, untouched: set[str]):
+def _keep(new, old, keep: Callable[[tuple], bool]):
+    """`old` where `keep(path)`, else `new`."""
+
     def pick(path, n, o):
-        touched = not any(getattr(p, "key", None) in untouched for p in path)
-        return n if touched else o
+        return o if keep(path) else n
 
     return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
-@gin.configurable(denylist=["model", "tx", "schedule", "task", "freeze_untouched"])
+def _in(names: set[str]) -> Callable[[tuple], bool]:
+    return lambda path: any(getattr(p, "key", None) in names for p in path)
+
+
+@gin.configurable(denylist=["model", "task", "params", "batch", "rng"])
+def task_loss(
+    model: ImpModel,
+    task: TaskSpec,
+    params,
+    batch: dict,
+    rng: jax.Array,
+    router_z_loss_weight: float = 0.0,
+    load_balancing_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> tuple[jax.Array, dict]:
+    """The task's weighted loss on `batch` and its metrics."""
+    inputs = {m: batch[m] for m in task.modalities}
+    head = task.head if task.objective in CLASSIFICATION else None
+    out = model.apply(
+        {"params": params},
+        inputs,
+        head=head,
+        drop_rate=task.drop_rate,
+        train=True,
+        rngs={"droptoken": rng},
+    )
+    if task.objective == "softmax":
+        loss, metrics = objectives.softmax_cross_entropy(
+            out["logits"], batch["label"], label_smoothing
+        )
+    elif task.objective == "bce":
+        loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], batch["labels"])
+    else:
+        embeddings = {m: out[f"embedding/{m}"] for m in task.modalities}
+        loss, metrics = objectives.nce(embeddings, out["logit_scale"])
+        metrics["temperature"] = 1.0 / out["logit_scale"]
+    routing = {k: v for k, v in out.items() if k.startswith("routing/")}
+    if routing:
+        aux = {
+            name: jnp.mean(jnp.stack([v for k, v in routing.items() if k.endswith(name)]))
+            for name in ("/z_loss", "/load_balancing_loss")
+        }
+        loss = loss + router_z_loss_weight * aux["/z_loss"]
+        loss = loss + load_balancing_weight * aux["/load_balancing_loss"]
+        metrics.update(routing)
+    return task.loss_weight * loss, {**metrics, "loss": loss}
+
+
+def _select(finite, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
 def make_train_step(
     model: ImpModel,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
-    task,
+    tasks: Sequence[TaskSpec],
     freeze_untouched: bool = True,
-    router_z_loss_weight: float = 0.0,
-    load_balancing_weight: float = 0.0,
 ) -> Callable:
-    """`(state, batch, rng) -> (state, metrics)` for `task` (an `imp.tasks.TaskSpec`)."""
+    """`(state, batches, rng) -> (state, metrics)` minimising the sum of `tasks`' losses on
+    `batches` (task name -> batch): one task is an AGD step, all tasks the summed baseline.
 
-    def loss_fn(params, batch, rng):
-        inputs = {m: batch[m] for m in task.modalities}
-        head = task.head if task.objective in CLASSIFICATION else None
-        out = model.apply(
-            {"params": params},
-            inputs,
-            head=head,
-            drop_rate=task.drop_rate,
-            train=True,
-            rngs={"droptoken": rng},
-        )
-        if task.objective == "softmax":
-            loss, metrics = objectives.softmax_cross_entropy(out["logits"], batch["label"])
-        elif task.objective == "bce":
-            loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], batch["labels"])
-        else:
-            embeddings = {m: out[f"embedding/{m}"] for m in task.modalities}
-            loss, metrics = objectives.nce(embeddings, out["logit_scale"])
-            metrics["temperature"] = 1.0 / out["logit_scale"]
-        routing = {k: v for k, v in out.items() if k.startswith("routing/")}
-        if routing:
-            aux = {
-                name: jnp.mean(jnp.stack([v for k, v in routing.items() if k.endswith(name)]))
-                for name in ("/z_loss", "/load_balancing_loss")
-            }
-            loss = loss + router_z_loss_weight * aux["/z_loss"]
-            loss = loss + load_balancing_weight * aux["/load_balancing_loss"]
-            metrics.update(routing)
-        return loss, metrics
+    A lone task's learning-rate multiplier scales its update; with several tasks each
+    multiplier scales that task's gradient.
+    """
+    tasks = tuple(tasks)
 
-    def step(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+    def loss_fn(params, batches, rng):
+        total, metrics = 0.0, {}
+        for i, task in enumerate(tasks):
+            scale = task.lr_multiplier if len(tasks) > 1 else 1.0
+            loss, m = task_loss(model, task, params, batches[task.name], jax.random.fold_in(rng, i))
+            total = total + scale * loss
+            metrics.update({f"{task.name}/{k}": v for k, v in m.items()} if len(tasks) > 1 else m)
+        return total, metrics
+
+    def step(state: TrainState, batches: dict, rng: jax.Array) -> tuple[TrainState, dict]:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"], batch, rng
+            state["params"], batches, rng
         )
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        if freeze_untouched:
-            untouched = set(state["params"]) - used_parameters(task)
-            params = _keep_untouched(params, state["params"], untouched)
-            opt_state = _keep_untouched(opt_state, state["opt_state"], untouched)
+        scale = tasks[0].lr_multiplier if len(tasks) == 1 else 1.0
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        new_state = apply_gradients(state, grads, tx, tasks, freeze_untouched, scale, finite)
         metrics = {
             **metrics,
             "loss": loss,
             "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state["step"]),
+            "learning_rate": scale * schedule(state["step"]),
+            "skipped": ~finite,
         }
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+        return new_state, metrics
 
     return step
+
+
+def apply_gradients(
+    state, grads, tx, tasks, freeze_untouched: bool, scale: float = 1.0, finite=None
+) -> TrainState:
+    """The optax update of `grads`, keeping untouched parameters (and everything, when the
+    step is not `finite`: by default, when the gradients are not) as they were; the step
+    counter always advances."""
+    if finite is None:
+        finite = jnp.isfinite(optax.global_norm(grads))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    if scale != 1.0:
+        updates = jax.tree.map(lambda u: u * scale, updates)
+    params = optax.apply_updates(state["params"], updates)
+    if freeze_untouched:
+        untouched = set(state["params"]) - set().union(*(used_parameters(t) for t in tasks))
+        params = _keep(params, state["params"], _in(untouched))
+        opt_state = _keep(opt_state, state["opt_state"], _in(untouched))
+    return {
+        "step": state["step"] + 1,
+        "params": _select(finite, params, state["params"]),
+        "opt_state": _select(finite, opt_state, state["opt_state"]),
+    }
+
+
+def make_grad_step(model: ImpModel, task: TaskSpec) -> Callable:
+    """`(params, batch, rng) -> (grads, metrics)` of one task (the accumulated schedule)."""
+
+    def grad_step(params, batch, rng):
+        (_, metrics), grads = jax.value_and_grad(
+            lambda p: task_loss(model, task, p, batch, rng), has_aux=True
+        )(params)
+        grads = jax.tree.map(lambda g: g * task.lr_multiplier, grads)
+        return grads, metrics
+
+    return grad_step
+
+
+def make_apply_step(
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    tasks: Sequence[TaskSpec],
+    freeze_untouched: bool = True,
+) -> Callable:
+    """`(state, grads) -> (state, metrics)`: one update from gradients summed over tasks."""
+
+    def apply_step(state, grads):
+        new_state = apply_gradients(state, grads, tx, tuple(tasks), freeze_untouched)
+        finite = jnp.isfinite(optax.global_norm(grads))
+        return new_state, {
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(state["step"]),
+            "skipped": ~finite,
+        }
+
+    return apply_step
+
+
+def make_gradient_similarity(model: ImpModel, tasks: Sequence[TaskSpec]) -> Callable:
+    """`(params, batches, rng) -> [tasks, tasks]` cosine similarity of the tasks' gradients
+    on the shared encoder: negative entries are conflicting tasks (seed 004 §3.3)."""
+    tasks = tuple(tasks)
+
+    def similarity(params, batches, rng):
+        flat = []
+        for task in tasks:
+            grads = jax.grad(lambda p, t=task: task_loss(model, t, p, batches[t.name], rng)[0])(
+                params
+            )
+            flat.append(jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads["encoder"])]))
+        g = jnp.stack(flat)
+        g = g / jnp.maximum(jnp.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+        return g @ g.T
+
+    return similarity
