@@ -8,9 +8,12 @@ with a warning.
 """
 
 import logging
+import time
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from imp.errors import ImpError
 from imp.training.train_state import TrainState
@@ -52,16 +55,31 @@ class Checkpointer:
             try:
                 return (step, *self.restore(step, abstract_state))
             except Exception as error:  # orbax and tensorstore raise many kinds
+                aside = self._set_aside(step)
                 logging.getLogger(__name__).warning(
-                    "checkpoint at step %d in %s is unreadable (%s: %s); trying the one before",
+                    "checkpoint at step %d in %s is unreadable (%s: %s); moved to %s, trying "
+                    "the one before",
                     step,
                     self.manager.directory,
                     type(error).__name__,
                     str(error).splitlines()[0][:200] if str(error) else "",
+                    aside.name,
                 )
         if steps:
             raise ImpError(f"no checkpoint in {self.manager.directory} reads back (steps {steps})")
         return None
+
+    def _set_aside(self, step: int) -> Path:
+        """Renames an unreadable step's folder so nothing restores it and the step can be
+        saved again (on the first process; the others wait for it)."""
+        directory = Path(self.manager.directory)
+        aside = directory / f"{step}.unreadable-{int(time.time())}"
+        if jax.process_index() == 0:
+            (directory / str(step)).rename(aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"imp.checkpoint.set_aside.{step}")
+        self.manager.reload()
+        return aside
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

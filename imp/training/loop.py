@@ -8,6 +8,7 @@ tasks and batches; the step RNG is `fold_in(key(seed + 1), step)`. SIGTERM and S
 the current step, save, and exit cleanly. A step with a non-finite loss is skipped and logged.
 """
 
+import copy
 import dataclasses
 import logging
 import os
@@ -282,11 +283,14 @@ def train(
             bar.update()
             done = step + 1 == train_steps
             if (step + 1) % checkpoint_every == 0 or done or stop.signal:
-                meta = {
-                    "sampler": sampler.state(),
-                    "positions": streams.positions,
-                    "graphs": previous_graphs + trainer.table.entry_stats(),
-                }
+                # A copy: the save is asynchronous and the loop goes on changing these.
+                meta = copy.deepcopy(
+                    {
+                        "sampler": sampler.state(),
+                        "positions": streams.positions,
+                        "graphs": previous_graphs + trainer.table.entry_stats(),
+                    }
+                )
                 checkpointer.save(step + 1, state, meta)
             if stop.signal:
                 log.warning("%s received: saved step %d, exiting", stop.signal, step + 1)

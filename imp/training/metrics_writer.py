@@ -13,7 +13,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path):
         self.active = jax.process_index() == 0
         if self.active:
-            self.jsonl = (run_dir / "metrics.jsonl").open("a")
+            self.jsonl = (run_dir / "metrics.jsonl").open("a", buffering=1)  # line by line
             self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, record: dict) -> None:
