@@ -2,6 +2,7 @@
 
 imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
+imp ablation objectives [--out DIR] [--gin.NAME=VALUE ...]
 imp data demo --out DIR [--seed N]
 imp data convert --media_dir DIR --annotations FILE --out DIR [--split S] [--workers N] [--strict]
 imp data inspect [--gin_file F ...] [--mixture NAME] [--show N] [--throughput]
@@ -154,6 +155,20 @@ def _data_inspect(args, flag_bindings) -> int:
     return 0
 
 
+def _ablation(args, flag_bindings) -> int:
+    _configure(args, flag_bindings)  # validates the flags once, before three runs
+    from imp.training import ablation
+
+    results = ablation.run(
+        args.out,
+        args.gin_file or ["runs/ablation_objectives.gin"],
+        [*args.gin_bindings, *flag_bindings],
+        args.gin_search_paths,
+    )
+    print(ablation.format_table(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -166,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     _gin_parser(info)
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_model_info)
+    ablation = commands.add_parser(
+        "ablation", help="seed 004 Table 2: NCE only vs NCE + softmax summed vs alternating"
+    )
+    ablation.add_argument("name", choices=["objectives"])
+    ablation.add_argument("--out", default="runs/ablation_objectives")
+    _gin_parser(ablation)
+    ablation.set_defaults(run=_ablation)
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data", required=True)
     demo = data.add_parser("demo", help="generate the demo world")
     demo.add_argument("--out", required=True)

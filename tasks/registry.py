@@ -115,12 +115,12 @@ def register_mixture(
 
 def mixture_groups(spec: TaskSpec) -> list[str]:
     """The standard mixtures a task belongs to: image_text, video_text, video_audio_text,
-    classification (and all)."""
+    contrastive (every NCE task), classification, and all."""
     modalities = set(spec.modalities)
-    groups = ["all"]
     if spec.objective in CLASSIFICATION:
-        groups.append("classification")
-    elif modalities & {"waveform", "spectrogram"} and {"vision", "text"} <= modalities:
+        return ["all", "classification"]
+    groups = ["all", "contrastive"]
+    if modalities & {"waveform", "spectrogram"} and {"vision", "text"} <= modalities:
         groups.append("video_audio_text")
     elif modalities == {"vision", "text"}:
         groups.append("video_text" if spec.frames > 1 else "image_text")

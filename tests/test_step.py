@@ -155,3 +155,25 @@ def test_task_lr_multiplier_scales_the_update():
     _assert_trees_close(
         delta(half), jax.tree.map(lambda d: 0.5 * d, delta(one)), rtol=1e-4, atol=1e-7
     )
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    import gin
+
+    tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
+    batches = {"task_a": _batch(1, 3)}
+    reference, ref_metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(
+        _fresh_state(tx), batches, jax.random.key(0)
+    )
+    with gin.config_scope(None):
+        gin.bind_parameter("task_loss.compute_dtype", "bfloat16")
+        try:
+            state, metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(
+                _fresh_state(tx), batches, jax.random.key(0)
+            )
+        finally:
+            gin.clear_config()
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
+    assert metrics["loss"].dtype == jnp.float32
+    np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=2e-2)
+    _assert_trees_close(state["params"], reference["params"], rtol=0.1, atol=2e-3)

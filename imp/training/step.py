@@ -58,9 +58,18 @@ def task_loss(
     router_z_loss_weight: float = 0.0,
     load_balancing_weight: float = 0.0,
     label_smoothing: float = 0.0,
+    compute_dtype: str = "float32",
 ) -> tuple[jax.Array, dict]:
-    """The task's weighted loss on `batch` and its metrics."""
+    """The task's weighted loss on `batch` and its metrics.
+
+    `compute_dtype="bfloat16"` runs the model in bfloat16 on bfloat16 copies of the float32
+    parameters (their gradients flow back to float32); losses are computed in float32.
+    """
     inputs = {m: batch[m] for m in task.modalities}
+    if compute_dtype != "float32":
+        dtype = jnp.dtype(compute_dtype)
+        params = jax.tree.map(lambda p: p.astype(dtype) if p.dtype == jnp.float32 else p, params)
+        inputs = {m: x.astype(dtype) if x.dtype == jnp.float32 else x for m, x in inputs.items()}
     head = task.head if task.objective in CLASSIFICATION else None
     out = model.apply(
         {"params": params},
@@ -70,6 +79,7 @@ def task_loss(
         train=True,
         rngs={"droptoken": rng},
     )
+    out = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in out.items()}
     if task.objective == "softmax":
         loss, metrics = objectives.softmax_cross_entropy(
             out["logits"], batch["label"], label_smoothing
