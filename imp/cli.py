@@ -2,6 +2,7 @@
 
 imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
+imp eval --checkpoint_dir DIR [--step N] [--evaluations a,b] [--gin_file F ...]
 imp ablation objectives [--out DIR] [--gin.NAME=VALUE ...]
 imp data demo --out DIR [--seed N]
 imp data convert --media_dir DIR --annotations FILE --out DIR [--split S] [--workers N] [--strict]
@@ -169,6 +170,24 @@ def _ablation(args, flag_bindings) -> int:
     return 0
 
 
+def _eval(args, flag_bindings) -> int:
+    from imp.evaluation import checkpoint_eval
+
+    evaluations = args.evaluations.split(",")
+    checkpoint_eval.check_evaluations(evaluations)
+    run_dir = checkpoint_eval.run_dir_of(args.checkpoint_dir)
+    if not (run_dir / "config.gin").is_file():
+        raise ImpError(f"{run_dir} has no config.gin (is it a run directory of `imp train`?)")
+    args.gin_file = [str(run_dir / "config.gin"), *args.gin_file]
+    _configure(args, flag_bindings)
+    from imp.partitioning import distributed
+
+    distributed.initialize()
+    summary = checkpoint_eval.evaluate(run_dir, args.step, evaluations, args.out)
+    print(json.dumps(summary) if args.json else checkpoint_eval.format_table(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     _gin_parser(info)
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=_model_info)
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint")
+    evaluate.add_argument("--checkpoint_dir", required=True, help="a run dir or its checkpoints/")
+    evaluate.add_argument("--step", type=int, help="default: the latest checkpoint")
+    evaluate.add_argument(
+        "--evaluations",
+        default="classification,zero_shot,retrieval,linear_probe",
+        help="comma-separated subset of these",
+    )
+    evaluate.add_argument("--out", help="default: MODEL_DIR/eval/step_N")
+    evaluate.add_argument("--json", action="store_true")
+    _gin_parser(evaluate)
+    evaluate.set_defaults(run=_eval)
     ablation = commands.add_parser(
         "ablation", help="seed 004 Table 2: NCE only vs NCE + softmax summed vs alternating"
     )

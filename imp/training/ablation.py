@@ -16,9 +16,9 @@ VARIANTS = {
 }
 # (column, task, metric)
 COLUMNS = (
-    ("image zero-shot", "digit_images_text", "zero_shot_top1/vision_to_text"),
-    ("video zero-shot", "digit_videos_text", "zero_shot_top1/vision_to_text"),
-    ("audio zero-shot", "digit_videos_audio_text", "zero_shot_top1/waveform_to_text"),
+    ("image zero-shot", "digit_images_text", "zero_shot_top1/vision"),
+    ("video zero-shot", "digit_videos_text", "zero_shot_top1/vision"),
+    ("audio zero-shot", "digit_videos_audio_text", "zero_shot_top1/waveform"),
     ("image cls", "digit_images_cls", "top1"),
     ("video cls", "digit_videos_cls", "top1"),
 )

@@ -20,11 +20,25 @@ from imp.training.train_state import TrainState
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, max_to_keep: int = 3):
+    def __init__(self, directory: Path, max_to_keep: int = 3, read_only: bool = False):
+        """`read_only` opens another run's checkpoints without ever writing to them."""
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=not read_only, read_only=read_only
+            ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def parameter_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """`{"a/b/kernel": shape}` of the parameters saved at `step` (metadata only)."""
+        return parameter_shapes(self.manager.item_metadata(step)["state"]["params"])
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -86,3 +100,14 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _path(path) -> str:
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def parameter_shapes(params) -> dict[str, tuple[int, ...]]:
+    """`{"a/b/kernel": shape}` of a parameter tree (arrays, `ShapeDtypeStruct`s or orbax's
+    array metadata)."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {_path(p): tuple(leaf.shape) for p, leaf in flat}

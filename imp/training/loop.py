@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from imp.config import write_operative_config
 from imp.data import feeding
 from imp.errors import ImpError
-from imp.evaluation import heldout
+from imp.evaluation import evaluator
 from imp.modeling.model import ImpModel
 from imp.partitioning.partitioner import Partitioner
 from imp.tasks import registry
@@ -107,7 +107,7 @@ class _Streams:
         }
 
 
-def _training_tasks(mixture_or_task_name: str, task_options: dict | None) -> list:
+def training_tasks(mixture_or_task_name: str, task_options: dict | None) -> list:
     """The mixture's tasks and rates, with `task_options` (task -> {loss_weight,
     lr_multiplier, head_name}) applied."""
     tasks = registry.resolve(mixture_or_task_name)
@@ -143,6 +143,7 @@ def train(
     max_bad_steps: int = 5,
     task_options: dict | None = None,
     gradient_similarity_every: int = 0,
+    end_evaluations: tuple[str, ...] = ("classification", "zero_shot", "retrieval"),
 ) -> dict:
     """Trains `mixture_or_task_name` for `train_steps` steps into `model_dir`; returns the
     summary (also written to `report/summary.json`) on the first process, {} on the others.
@@ -157,6 +158,7 @@ def train(
       task_options: per task `{loss_weight, lr_multiplier, head_name}`.
       gradient_similarity_every: every N steps, log the cosine similarity of the tasks'
         encoder gradients (0: never).
+      end_evaluations: what `evaluate_at_end` runs (`imp.evaluation.evaluator.EVALUATIONS`).
     """
     run_dir = make_run_dir(model_dir)
     if compilation_cache:
@@ -165,13 +167,9 @@ def train(
         )
     if prepare_data is not None:
         prepare_data()
-    tasks = _training_tasks(mixture_or_task_name, task_options)
+    tasks = training_tasks(mixture_or_task_name, task_options)
     specs = {spec.name: spec for spec, _ in tasks}
-    heads = tuple(
-        sorted({(s.head, s.num_classes) for s in specs.values() if s.objective in CLASSIFICATION})
-    )
-    model = ImpModel(heads=heads)
-    _check_vocabulary(model, specs.values())
+    model = model_for(specs)
     partitioner = Partitioner()
     tx, schedule = make_optimizer(train_steps)
     shardings = train_state.state_shardings(model, tx, partitioner)
@@ -312,8 +310,8 @@ def train(
         log.warning("held-out evaluation at the end runs single-process only; use `imp eval`")
     elif evaluate_at_end and not stop.signal:
         evaluation = {
-            name: heldout.evaluate(model, state["params"], s)
-            for name, s in _one_per_evaluation(specs).items()
+            name: evaluator.evaluate_task(model, state["params"], s, end_evaluations)
+            for name, s in one_per_evaluation(specs).items()
         }
     return report.write(run_dir, trainer.table, evaluation, wall)
 
@@ -333,13 +331,23 @@ def _precompile(trainer, streams, sampler, state, rng, threads: int) -> None:
     log.info("precompiled %d graphs in %.1f s", len(jobs), time.perf_counter() - start)
 
 
-def _one_per_evaluation(specs: dict) -> dict:
+def one_per_evaluation(specs: dict) -> dict:
     """Resolution variants of a task evaluate identically (on their data set's evaluation
     Task); keep the first of each."""
     kept = {}
     for name, s in sorted(specs.items(), key=lambda item: item[1].variant != "base"):
         kept.setdefault((s.eval_task or name, s.objective, s.modalities), (name, s))
     return dict(kept.values())
+
+
+def model_for(specs: dict) -> ImpModel:
+    """The gin-configured model with one classifier head per classification data set."""
+    heads = tuple(
+        sorted({(s.head, s.num_classes) for s in specs.values() if s.objective in CLASSIFICATION})
+    )
+    model = ImpModel(heads=heads)
+    _check_vocabulary(model, specs.values())
+    return model
 
 
 def _check_vocabulary(model: ImpModel, specs) -> None:

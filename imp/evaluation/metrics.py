@@ -1,0 +1,85 @@
+"""Evaluation metrics on embeddings and features (numpy, host side).
+
+Ranks are 1-based and pessimistic on ties: a wrong item scoring exactly as high as the best
+right one counts as ranked above it, so constant embeddings never look perfect.
+"""
+
+import numpy as np
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
+    """`scores` `[N, C]`, `labels` `[N]`: the fraction whose label is among the k best
+    classes (pessimistic ties: rank = 1 + classes scoring at least the label's, but itself)."""
+    rank = _rank_of_best_positive(scores, np.eye(scores.shape[1], dtype=bool)[labels])
+    return {f"top{k}": float(np.mean(rank <= k)) for k in ks if k <= scores.shape[1]}
+
+
+def _rank_of_best_positive(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Per row of `scores` `[Q, G]`: 1 + the number of negatives scoring at least as high as
+    the best-scoring positive (`positive` `[Q, G]` bool, at least one per row)."""
+    best = np.where(positive, scores, -np.inf).max(axis=1, keepdims=True)
+    return 1 + np.sum((scores >= best) & ~positive, axis=1)
+
+
+def retrieval(queries: np.ndarray, gallery: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """Cosine retrieval: R@1, R@5, R@10 (a positive among the first k) and the median rank of
+    the best positive. `positive[q, g]` marks the right gallery items of query q (several
+    captions per video: several positives)."""
+    scores = normalise(queries) @ normalise(gallery).T
+    rank = _rank_of_best_positive(scores, positive)
+    out = {f"R@{k}": float(np.mean(rank <= k)) for k in (1, 5, 10)}
+    out["median_rank"] = float(np.median(rank))
+    return out
+
+
+def retrieval_chance(positive: np.ndarray, k: int = 1) -> float:
+    """R@k of a random ranking: the chance that one of a query's positives is in its top k."""
+    g = positive.shape[1]
+    p = positive.sum(axis=1)
+    # 1 - C(g - p, k) / C(g, k), computed as a product.
+    miss = np.ones(len(p))
+    for i in range(k):
+        miss *= np.clip((g - p - i) / (g - i), 0, 1)
+    return float(np.mean(1 - miss))
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    num_classes: int,
+    regularisations=(1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Closed-form ridge regression onto one-hot targets (a linear classifier on frozen
+    features). The regularisation is picked on a held-out part of the training features,
+    then the probe is refitted on all of them; returns test top-1 and the chosen strength."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    order = np.random.default_rng(seed).permutation(len(train_x))
+    cut = max(1, int(len(order) * validation_fraction))
+    held, fit = order[:cut], order[cut:]
+
+    def solve(x, y, strength):
+        x = np.concatenate([x, np.ones((len(x), 1))], axis=1)  # bias column
+        targets = np.eye(num_classes)[y]
+        gram = x.T @ x + strength * len(x) * np.eye(x.shape[1])
+        return np.linalg.solve(gram, x.T @ targets)
+
+    def accuracy(w, x, y):
+        x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+        return float(np.mean((x @ w).argmax(1) == y))
+
+    scores = {
+        s: accuracy(solve(train_x[fit], train_y[fit], s), train_x[held], train_y[held])
+        for s in regularisations
+    }
+    best = max(scores, key=lambda s: (scores[s], s))  # ties: the stronger regularisation
+    w = solve(train_x, train_y, best)
+    return {"top1": accuracy(w, test_x, test_y), "regularisation": best}
