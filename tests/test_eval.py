@@ -142,3 +142,20 @@ def test_prompt_ensembling_averages_normalised_prompt_embeddings(run_dir):
         mean = np.mean([r / np.linalg.norm(r) for r in rows], axis=0)
         expected.append(mean / np.linalg.norm(mean))
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
+
+
+def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path, run_config):
+    run_config(
+        tmp_path,
+        6,
+        "train.evaluate_at_end = False",
+        "train.eval_every = 3",
+        "train.best_metric = 'digit_videos_cls/top1'",
+        "train.end_evaluations = ('classification',)",
+    )
+    loop.train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    evals = [r for r in records if r["task"] == "eval/digit_videos_cls"]
+    assert [r["step"] for r in evals] == [3, 6] and all("top1" in r for r in evals)
+    best_step = 3 if evals[0]["top1"] >= evals[1]["top1"] else 6
+    assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [str(best_step)]

@@ -144,6 +144,8 @@ def train(
     task_options: dict | None = None,
     gradient_similarity_every: int = 0,
     end_evaluations: tuple[str, ...] = ("classification", "zero_shot", "retrieval"),
+    eval_every: int = 0,
+    best_metric: str | None = None,
 ) -> dict:
     """Trains `mixture_or_task_name` for `train_steps` steps into `model_dir`; returns the
     summary (also written to `report/summary.json`) on the first process, {} on the others.
@@ -158,7 +160,12 @@ def train(
       task_options: per task `{loss_weight, lr_multiplier, head_name}`.
       gradient_similarity_every: every N steps, log the cosine similarity of the tasks'
         encoder gradients (0: never).
-      end_evaluations: what `evaluate_at_end` runs (`imp.evaluation.evaluator.EVALUATIONS`).
+      end_evaluations: what `evaluate_at_end` and `eval_every` run
+        (`imp.evaluation.evaluator.EVALUATIONS`).
+      eval_every: every N steps, evaluate held-out data (single-process runs) and log it to
+        metrics.jsonl and TensorBoard as task `eval/<task>`.
+      best_metric: "<task>/<metric>" (e.g. "digit_videos_cls/top1"): keep the checkpoint
+        with its highest periodic value in `MODEL_DIR/best`.
     """
     run_dir = make_run_dir(model_dir)
     if compilation_cache:
@@ -190,6 +197,7 @@ def train(
     if first_process:
         write_operative_config(run_dir / "config.gin")
 
+    best = _BestKeeper(run_dir, best_metric) if best_metric else None
     trainer = Trainer(
         model,
         tx,
@@ -276,6 +284,16 @@ def train(
                         "matrix": similar.tolist(),
                     }
                 )
+            if eval_every and (step + 1) % eval_every == 0 and jax.process_count() == 1:
+                results = {
+                    name: evaluator.evaluate_task(model, state["params"], s, end_evaluations)
+                    for name, s in one_per_evaluation(specs).items()
+                }
+                for name, task_metrics in results.items():
+                    values = {k: m["value"] for k, m in task_metrics.items()}
+                    writer.write({"step": step + 1, "task": f"eval/{name}", **values})
+                if best:
+                    best.offer(step + 1, state, results)
             label = names[0] if len(names) == 1 else sampler.schedule
             bar.set_postfix_str(f"{label} loss {float(per_task[names[-1]]['loss']):.3f}")
             bar.update()
@@ -299,6 +317,8 @@ def train(
         writer.close()
         checkpointer.wait()
         checkpointer.close()
+        if best:
+            best.close()
     wall = time.perf_counter() - start_time
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("imp.train finished")  # nobody exits early
@@ -338,6 +358,30 @@ def one_per_evaluation(specs: dict) -> dict:
     for name, s in sorted(specs.items(), key=lambda item: item[1].variant != "base"):
         kept.setdefault((s.eval_task or name, s.objective, s.modalities), (name, s))
     return dict(kept.values())
+
+
+class _BestKeeper:
+    """The checkpoint with the best periodic value of one metric, in `MODEL_DIR/best`."""
+
+    def __init__(self, run_dir: Path, metric: str):
+        self.task, _, self.metric = metric.partition("/")
+        self.checkpointer = Checkpointer(run_dir / "best", max_to_keep=1)
+        self.value = -float("inf")
+
+    def offer(self, step: int, state, results: dict) -> None:
+        if self.task not in results or self.metric not in results[self.task]:
+            known = sorted(f"{t}/{m}" for t, ms in results.items() for m in ms)
+            raise ImpError(f"train.best_metric '{self.task}/{self.metric}' is not among {known}")
+        value = results[self.task][self.metric]["value"]
+        if value > self.value:
+            self.value = value
+            self.checkpointer.save(
+                step, state, {"metric": f"{self.task}/{self.metric}", "value": value}
+            )
+
+    def close(self) -> None:
+        self.checkpointer.wait()
+        self.checkpointer.close()
 
 
 def model_for(specs: dict) -> ImpModel:

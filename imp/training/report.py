@@ -27,6 +27,8 @@ def _read_metrics(run_dir: Path) -> dict:
             if record["task"] == "gradient_similarity":
                 similarity.append(record)
                 continue
+            if record["task"].startswith("eval/"):
+                continue
             losses[record["task"]].append((record["step"], record["loss"]))
             if record["step"] not in counted_steps:  # joint steps write a line per task
                 counted_steps.add(record["step"])
