@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 MEMORY_FIELDS = ("argument", "output", "temp", "alias", "generated_code")
 
@@ -55,6 +56,8 @@ def use_persistent_cache(directory: str) -> None:
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # JAX opens its cache once per process; forget an earlier one so this directory is used.
+    compilation_cache.reset_cache()
 
 
 class GraphTable:
