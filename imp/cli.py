@@ -130,15 +130,13 @@ def _data_convert(args, flag_bindings) -> int:
 
 def _data_inspect(args, flag_bindings) -> int:
     _configure(args, flag_bindings)
-    import gin
 
     from imp.data import inspect
     from imp.modeling.model import ImpModel
     from imp.tasks import registry
+    from imp.training import loop
 
-    bindings = gin.get_bindings("train", resolve_references=True)
-    if bindings.get("prepare_data"):
-        bindings["prepare_data"]()
+    bindings = loop.prepare_configured_data()
     name = args.mixture or bindings.get("mixture_or_task_name")
     if not name:
         raise ImpError("no mixture to inspect: pass --mixture or bind train.mixture_or_task_name")

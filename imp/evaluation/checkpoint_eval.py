@@ -9,7 +9,6 @@ run still training is never disturbed. Results go to `eval.json` and TensorBoard
 import json
 from pathlib import Path
 
-import gin
 import jax
 from tensorboardX import SummaryWriter
 
@@ -50,9 +49,7 @@ def evaluate(run_dir: Path, step: int | None, evaluations: list[str], out: str |
     step = steps[-1] if step is None else step
     if step not in steps:
         raise ImpError(f"no checkpoint at step {step} in {run_dir / 'checkpoints'} (has {steps})")
-    bindings = gin.get_bindings("train", resolve_references=True)
-    if bindings.get("prepare_data"):
-        bindings["prepare_data"]()
+    bindings = loop.prepare_configured_data()
     tasks = loop.training_tasks(bindings["mixture_or_task_name"], bindings.get("task_options"))
     specs = {spec.name: spec for spec, _ in tasks}
     model = loop.model_for(specs)

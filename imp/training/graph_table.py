@@ -64,7 +64,7 @@ class GraphTable:
     def __init__(self):
         self.entries: dict[tuple, Entry] = {}
 
-    def _compile(self, key: tuple, compile_fn: Callable[[], jax.stages.Compiled]) -> Entry:
+    def _compile(self, compile_fn: Callable[[], jax.stages.Compiled]) -> Entry:
         start = time.perf_counter()
         compiled = compile_fn()
         return Entry(compiled, time.perf_counter() - start, memory_analysis(compiled))
@@ -77,7 +77,7 @@ class GraphTable:
         if entry is not None:
             entry.hits += 1
             return entry.compiled, False
-        self.entries[key] = self._compile(key, compile_fn)
+        self.entries[key] = self._compile(compile_fn)
         return self.entries[key].compiled, True
 
     def precompile(
@@ -86,7 +86,7 @@ class GraphTable:
         """Compiles every key of `jobs` not in the table yet, `threads` at a time."""
         todo = {k: fn for k, fn in jobs.items() if k not in self.entries}
         with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-            futures = {k: pool.submit(self._compile, k, fn) for k, fn in todo.items()}
+            futures = {k: pool.submit(self._compile, fn) for k, fn in todo.items()}
             for key, future in futures.items():
                 self.entries[key] = future.result()
 

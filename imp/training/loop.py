@@ -384,6 +384,15 @@ class _BestKeeper:
         self.checkpointer.close()
 
 
+def prepare_configured_data() -> dict:
+    """Runs the gin-bound `train.prepare_data` (registering the run's tasks) and returns the
+    `train` bindings, for tools that work on a configured run without training it."""
+    bindings = gin.get_bindings("train", resolve_references=True)
+    if bindings.get("prepare_data"):
+        bindings["prepare_data"]()
+    return bindings
+
+
 def model_for(specs: dict) -> ImpModel:
     """The gin-configured model with one classifier head per classification data set."""
     heads = tuple(

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import gin
 import numpy as np
 
+from imp.errors import ImpError, did_you_mean
+
 SCHEDULES = (
     "proportional",
     "weighted",
@@ -55,8 +57,6 @@ class Sampler:
         fast_decay: float = 0.7,
         slow_decay: float = 0.95,
     ):
-        from imp.errors import ImpError, did_you_mean
-
         if schedule not in SCHEDULES:
             hint = did_you_mean(schedule, SCHEDULES) or f"; choose from {SCHEDULES}"
             raise ImpError(f"unknown schedule '{schedule}'{hint}")

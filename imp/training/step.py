@@ -35,17 +35,13 @@ def used_parameters(task: TaskSpec) -> set[str]:
     return used
 
 
-def _keep(new, old, keep: Callable[[tuple], bool]):
-    """`old` where `keep(path)`, else `new`."""
+def _keep_untouched(new, old, untouched: set[str]):
+    """`old` under the top-level collections named in `untouched`, else `new`."""
 
     def pick(path, n, o):
-        return o if keep(path) else n
+        return o if any(getattr(p, "key", None) in untouched for p in path) else n
 
     return jax.tree_util.tree_map_with_path(pick, new, old)
-
-
-def _in(names: set[str]) -> Callable[[tuple], bool]:
-    return lambda path: any(getattr(p, "key", None) in names for p in path)
 
 
 @gin.configurable(denylist=["model", "task", "params", "batch", "rng"])
@@ -163,8 +159,8 @@ def apply_gradients(
     params = optax.apply_updates(state["params"], updates)
     if freeze_untouched:
         untouched = set(state["params"]) - set().union(*(used_parameters(t) for t in tasks))
-        params = _keep(params, state["params"], _in(untouched))
-        opt_state = _keep(opt_state, state["opt_state"], _in(untouched))
+        params = _keep_untouched(params, state["params"], untouched)
+        opt_state = _keep_untouched(opt_state, state["opt_state"], untouched)
     return {
         "step": state["step"] + 1,
         "params": _select(finite, params, state["params"]),
