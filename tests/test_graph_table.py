@@ -67,7 +67,7 @@ def test_precompile_compiles_each_entry_once_and_records_memory():
     assert all(r["temp"] >= 0 and r["output"] > 0 for r in rows)
 
 
-def test_persistent_cache_makes_a_restart_compile_faster(tmp_path, capsys):
+def test_persistent_cache_serves_a_restart(tmp_path, capsys):
     from imp.training.graph_table import use_persistent_cache
 
     previous = jax.config.jax_compilation_cache_dir
@@ -76,14 +76,21 @@ def test_persistent_cache_makes_a_restart_compile_faster(tmp_path, capsys):
         x = jnp.ones((64, 64))
         first = GraphTable()
         first.lookup(("t",), _step_compile_fn(x))
+        written = any((tmp_path / "cache").iterdir())
         jax.clear_caches()  # as a new process would start
+        hits = []
+        listener = lambda event, **_: hits.append(event)  # noqa: E731
+        jax.monitoring.register_event_listener(listener)
         restart = GraphTable()
         restart.lookup(("t",), _step_compile_fn(x))
+        jax.monitoring.unregister_event_listener(listener)
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
     cold = first.entry_stats()[0]["compile_seconds"]
     warm = restart.entry_stats()[0]["compile_seconds"]
     with capsys.disabled():
         print(f"\ncompile: first start {cold:.3f} s, restart with persistent cache {warm:.3f} s")
-    assert any((tmp_path / "cache").iterdir())
-    assert warm < cold
+    assert written  # the first start stored its executable
+    # The restart read it back instead of compiling; the timings are printed, not asserted:
+    # speed claims belong to `imp bench`.
+    assert "/jax/compilation_cache/cache_hits" in hits
