@@ -74,6 +74,10 @@ class Dataset:
     train_split: str = "train"
     eval_split: str = "validation"
     eval_clips: int = 1
+    # Evaluation resolution; 0 = the training height / width (factorised position tables
+    # serve any grid up to `ImpModel.vision_max_grid`).
+    eval_height: int = 0
+    eval_width: int = 0
     max_captions: int = 1  # captions kept per example in evaluation
     multi_resolution: bool = True
     frame_tokens: int = 4  # T_F: tubelets along time in a base clip (seed 004 keeps it 4)
@@ -391,7 +395,8 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
 
     out = {}
     if "vision" in used:
-        shape = (dataset.frames, dataset.height, dataset.width)
+        height, width = dataset.eval_height or dataset.height, dataset.eval_width or dataset.width
+        shape = (dataset.frames, height, width)
         out["vision"] = per_clip(_vision(dataset, shape, example["frames"], starts, None))
     if used & set(AUDIO):
         out.update(

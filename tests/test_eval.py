@@ -159,3 +159,24 @@ def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path, run_config):
     assert [r["step"] for r in evals] == [3, 6] and all("top1" in r for r in evals)
     best_step = 3 if evals[0]["top1"] >= evals[1]["top1"] else 6
     assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [str(best_step)]
+
+
+def test_eval_at_another_resolution_with_several_clips(run_dir, tmp_path, capsys):
+    """Trained on one 32x32 clip; evaluated at 48x48 (the factorised position tables cover the
+    larger grid) with 3 clips per video averaged."""
+    out = tmp_path / "hires"
+    argv = [
+        "eval",
+        f"--checkpoint_dir={run_dir}",
+        f"--out={out}",
+        "--evaluations=classification,zero_shot",
+        "--gin.Dataset.eval_height=48",
+        "--gin.Dataset.eval_width=48",
+        "--gin.Dataset.eval_clips=3",
+    ]
+    assert cli.main(argv) == 0
+    assert "digit_videos_cls evaluated on vision 3x8x48x48x3" in capsys.readouterr().out
+    summary = json.loads((out / "eval.json").read_text())
+    assert summary["inputs"]["digit_images_cls"] == {"vision": [3, 1, 48, 48, 3]}
+    assert {"top1", "top5"} <= set(summary["tasks"]["digit_videos_cls"])
+    assert np.isfinite(summary["tasks"]["digit_images_text"]["zero_shot_top1/vision"]["value"])

@@ -59,11 +59,16 @@ def evaluate(run_dir: Path, step: int | None, evaluations: list[str], out: str |
     abstract = train_state.abstract(shardings, model, tx)
     _check_shapes(checkpointer.parameter_shapes(step), parameter_shapes(abstract["params"]))
     state, _ = checkpointer.restore(step, abstract)
-    results = {
-        name: evaluator.evaluate_task(model, state["params"], spec, evaluations)
-        for name, spec in loop.one_per_evaluation(specs).items()
+    evaluated = loop.one_per_evaluation(specs)
+    summary = {
+        "step": step,
+        "devices": jax.device_count(),
+        "inputs": {name: evaluator.input_shapes(spec) for name, spec in evaluated.items()},
+        "tasks": {
+            name: evaluator.evaluate_task(model, state["params"], spec, evaluations)
+            for name, spec in evaluated.items()
+        },
     }
-    summary = {"step": step, "devices": jax.device_count(), "tasks": results}
     if jax.process_index() == 0:
         _write(Path(out) if out else run_dir / "eval" / f"step_{step}", summary)
     return summary
@@ -92,6 +97,9 @@ def _write(out: Path, summary: dict) -> None:
 
 def format_table(summary: dict) -> str:
     rows = [f"step {summary['step']} on {summary['devices']} device(s)"]
+    for task, shapes in summary.get("inputs", {}).items():
+        shown = ", ".join(f"{m} {'x'.join(map(str, s))}" for m, s in shapes.items())
+        rows.append(f"{task} evaluated on {shown}")
     rows.append(f"{'task':30}{'metric':44}{'value':>8}{'chance':>8}")
     for task, task_metrics in summary["tasks"].items():
         for name, m in task_metrics.items():

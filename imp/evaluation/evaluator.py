@@ -7,7 +7,8 @@ averaged when `eval_clips` > 1; every caption):
 * `zero_shot`: top-1 / top-5 against class-name prompts embedded by the text tower, with
   prompt ensembling (the normalised prompt embeddings of a class, averaged);
 * `retrieval`: text-to-X and X-to-text for every non-text input X, R@1/5/10 and median rank,
-  with every caption of an item counted as a right answer;
+  with every caption of an item counted as a right answer (and a caption whose text is
+  identical to another item's caption as right for both);
 * `linear_probe`: a ridge-regression classifier on frozen pooled features of training
   examples (regularisation picked on a held-out part), top-1 on the evaluation split.
 
@@ -119,8 +120,15 @@ def _encode_batch(model, params, spec: TaskSpec, batch: dict, batch_size: int) -
             "embedding/text"
         ]
         out["caption_embedding"] = embedded.reshape(n, k, -1)
-        out["caption_valid"] = captions[:, :, 0] > 0
+        out["caption_tokens"] = captions
     return out
+
+
+def input_shapes(spec: TaskSpec) -> dict[str, list[int]]:
+    """Per-example shapes of the model inputs of the task's evaluation split (clips first
+    when several are averaged): the resolution and clip count the metrics were taken at."""
+    batch = next(feeding.batches(spec, spec.eval_split, 0, train=False, batch_size=1))
+    return {m: list(batch[m].shape[1:]) for m in spec.modalities if m in batch}
 
 
 def evaluate_task(
@@ -158,11 +166,9 @@ def evaluate_task(
 
 
 def _retrieval(data: dict, sources: list[str]) -> dict[str, dict]:
-    valid = data["caption_valid"]  # [N, K]
-    owner = np.repeat(np.arange(len(valid)), valid.shape[1])[valid.reshape(-1)]
-    captions = data["caption_embedding"].reshape(-1, data["caption_embedding"].shape[-1])
-    captions = captions[valid.reshape(-1)]
-    text_to_item = owner[:, None] == np.arange(len(valid))[None]  # [captions, items]
+    present, text_to_item = metrics.caption_positives(data["caption_tokens"])
+    embedded = data["caption_embedding"]
+    captions = embedded.reshape(-1, embedded.shape[-1])[present]
     out = {}
     for m in sources:
         items = data[f"embedding/{m}"]

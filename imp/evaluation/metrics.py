@@ -36,6 +36,20 @@ def retrieval(queries: np.ndarray, gallery: np.ndarray, positive: np.ndarray) ->
     return out
 
 
+def caption_positives(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From the caption token ids `[N, K, L]` (all-padding rows are absent captions): the
+    index of each present caption in the flattened `[N * K]` list, and `[captions, items]`
+    positives. A caption is right for every item that has the same text: identical strings
+    embed identically, so no model can rank one owner above the other."""
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    present = np.flatnonzero(flat[:, 0] > 0)
+    _, text_id = np.unique(flat[present], axis=0, return_inverse=True)
+    owner = present // tokens.shape[1]
+    has_text = np.zeros((text_id.max() + 1, len(tokens)), bool)
+    has_text[text_id, owner] = True
+    return present, has_text[text_id]
+
+
 def retrieval_chance(positive: np.ndarray, k: int = 1) -> float:
     """R@k of a random ranking: the chance that one of a query's positives is in its top k."""
     g = positive.shape[1]

@@ -15,7 +15,7 @@ _SMOOTH = 10  # losses averaged over the first/last this many steps of each task
 
 def _read_metrics(run_dir: Path) -> dict:
     """From `metrics.jsonl`: loss per task over steps, seconds in steps and waiting for input,
-    routing fractions per modality, and the gradient-similarity matrices."""
+    router probabilities per modality, and the gradient-similarity matrices."""
     losses = defaultdict(list)
     seconds = {"step_seconds": 0.0, "input_seconds": 0.0}
     counted_steps = set()
@@ -35,7 +35,7 @@ def _read_metrics(run_dir: Path) -> dict:
                 for key in seconds:
                     seconds[key] += record.get(key, 0.0)
             for key, value in record.items():
-                if key.startswith("routing/") and key.endswith("/expert_fraction"):
+                if key.startswith("routing/") and key.endswith("/router_probability"):
                     routing[key.split("/")[1]].append(np.asarray(value, np.float64))
     return {"losses": losses, "seconds": seconds, "routing": routing, "similarity": similarity}
 
@@ -106,15 +106,17 @@ def _plot_bars(values: dict[str, float], label: str, path: Path) -> None:
 
 
 def _plot_routing(routing: dict[str, list], path: Path) -> None:
-    """Fraction of each modality's tokens dispatched to each expert, averaged over the run
-    (and over MoE layers)."""
+    """Mean router probability of each expert for each modality's tokens, averaged over the
+    run and the MoE layers: where the modalities' tokens want to go. (Experts-choose routing
+    fills every expert to capacity, so dispatch fractions would be flat by construction.)"""
     names = sorted(routing)
     rows = [np.mean([r.reshape(-1, r.shape[-1]).mean(0) for r in routing[m]], 0) for m in names]
     fig, ax = plt.subplots(figsize=(7, 1 + 0.5 * len(names)))
     image = ax.imshow(np.stack(rows), aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(names)), names)
+    ax.set_xticks(range(rows[0].shape[-1]))
     ax.set_xlabel("expert")
-    fig.colorbar(image, ax=ax, label="fraction of tokens")
+    fig.colorbar(image, ax=ax, label="mean router probability")
     _save(fig, path)
 
 
