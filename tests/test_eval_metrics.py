@@ -70,18 +70,21 @@ def test_linear_probe_separates_separable_features_and_not_noise():
     assert bad["top1"] < 0.45
 
 
-def test_identical_caption_texts_are_positives_of_every_item_that_has_them():
+def test_retrieval_runs_over_distinct_caption_texts():
     tokens = np.zeros((3, 2, 4), np.int32)
     tokens[0, 0] = [5, 6, 1, 0]  # item 0: "a", "b"
     tokens[0, 1] = [7, 1, 0, 0]
-    tokens[1, 0] = [5, 6, 1, 0]  # item 1: "a" (shared with item 0), second caption absent
+    tokens[1, 0] = [5, 6, 1, 0]  # item 1: "a"; its second caption is absent
     tokens[2, 0] = [8, 1, 0, 0]  # item 2: "c", "a"
     tokens[2, 1] = [5, 6, 1, 0]
-    present, positive = metrics.caption_positives(tokens)
-    assert present.tolist() == [0, 1, 2, 4, 5]
-    texts = [tuple(tokens.reshape(-1, 4)[i]) for i in present]
-    expected = np.array(
-        [[any(tuple(c) == text for c in tokens[item]) for item in range(3)] for text in texts]
-    )
+    index, positive = metrics.distinct_captions(tokens)
+    texts = [tuple(tokens.reshape(-1, 4)[i]) for i in index]
+    assert sorted(texts) == [(5, 6, 1, 0), (7, 1, 0, 0), (8, 1, 0, 0)]  # one per text
+    expected = [
+        [any(tuple(c) == text for c in tokens[item]) for item in range(3)] for text in texts
+    ]
     np.testing.assert_array_equal(positive, expected)
-    assert positive.sum() == 3 + 1 + 3 + 1 + 3  # "a" is right for all three items
+    # A perfect model: each item's embedding is the mean of its texts' one-hot embeddings.
+    text_embedding = np.eye(3)
+    items = positive.T @ text_embedding
+    assert metrics.retrieval(items, text_embedding, positive.T)["R@1"] == 1.0

@@ -17,6 +17,7 @@ from imp.evaluation import evaluator
 from imp.partitioning.partitioner import Partitioner
 from imp.training import loop, train_state
 from imp.training.checkpoint import Checkpointer, parameter_shapes
+from imp.training.metrics_writer import tensorboard_tag
 from imp.training.optimizer import make_optimizer
 
 
@@ -92,7 +93,7 @@ def _write(out: Path, summary: dict) -> None:
     with SummaryWriter(str(out / "tensorboard")) as writer:
         for task, task_metrics in summary["tasks"].items():
             for name, m in task_metrics.items():
-                writer.add_scalar(f"{task}/{name}", m["value"], summary["step"])
+                writer.add_scalar(tensorboard_tag(f"{task}/{name}"), m["value"], summary["step"])
 
 
 def format_table(summary: dict) -> str:

@@ -7,8 +7,7 @@ averaged when `eval_clips` > 1; every caption):
 * `zero_shot`: top-1 / top-5 against class-name prompts embedded by the text tower, with
   prompt ensembling (the normalised prompt embeddings of a class, averaged);
 * `retrieval`: text-to-X and X-to-text for every non-text input X, R@1/5/10 and median rank,
-  with every caption of an item counted as a right answer (and a caption whose text is
-  identical to another item's caption as right for both);
+  over the distinct caption texts, a text being right for every item that has it;
 * `linear_probe`: a ridge-regression classifier on frozen pooled features of training
   examples (regularisation picked on a held-out part), top-1 on the evaluation split.
 
@@ -166,9 +165,9 @@ def evaluate_task(
 
 
 def _retrieval(data: dict, sources: list[str]) -> dict[str, dict]:
-    present, text_to_item = metrics.caption_positives(data["caption_tokens"])
+    texts, text_to_item = metrics.distinct_captions(data["caption_tokens"])
     embedded = data["caption_embedding"]
-    captions = embedded.reshape(-1, embedded.shape[-1])[present]
+    captions = embedded.reshape(-1, embedded.shape[-1])[texts]
     out = {}
     for m in sources:
         items = data[f"embedding/{m}"]

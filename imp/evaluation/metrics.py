@@ -36,18 +36,20 @@ def retrieval(queries: np.ndarray, gallery: np.ndarray, positive: np.ndarray) ->
     return out
 
 
-def caption_positives(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_captions(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """From the caption token ids `[N, K, L]` (all-padding rows are absent captions): the
-    index of each present caption in the flattened `[N * K]` list, and `[captions, items]`
-    positives. A caption is right for every item that has the same text: identical strings
-    embed identically, so no model can rank one owner above the other."""
+    index in the flattened `[N * K]` list of one caption per distinct text, and
+    `[texts, items]` positives (item i has that text among its captions).
+
+    Retrieval runs over distinct texts: copies of one string embed identically, so among
+    copies no ranking is meaningful, and a gallery of copies would push every wrong text
+    ahead of the right one as many times as it is repeated."""
     flat = tokens.reshape(-1, tokens.shape[-1])
     present = np.flatnonzero(flat[:, 0] > 0)
-    _, text_id = np.unique(flat[present], axis=0, return_inverse=True)
-    owner = present // tokens.shape[1]
-    has_text = np.zeros((text_id.max() + 1, len(tokens)), bool)
-    has_text[text_id, owner] = True
-    return present, has_text[text_id]
+    _, first, text_id = np.unique(flat[present], axis=0, return_index=True, return_inverse=True)
+    positive = np.zeros((len(first), len(tokens)), bool)
+    positive[text_id.reshape(-1), present // tokens.shape[1]] = True
+    return present[first], positive
 
 
 def retrieval_chance(positive: np.ndarray, k: int = 1) -> float:

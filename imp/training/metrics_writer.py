@@ -7,6 +7,11 @@ import jax
 from tensorboardX import SummaryWriter
 
 
+def tensorboard_tag(name: str) -> str:
+    """TensorBoard's spelling of a metric name: `@` (as in `R@1`) is not allowed in tags."""
+    return name.replace("@", "_at_")
+
+
 class MetricsWriter:
     """Writes on the first process only (every process computes the same metrics)."""
 
@@ -23,7 +28,8 @@ class MetricsWriter:
         self.jsonl.write(json.dumps(record) + "\n")
         for name, value in record.items():
             if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
-                self.tensorboard.add_scalar(f"{record['task']}/{name}", value, record["step"])
+                tag = tensorboard_tag(f"{record['task']}/{name}")
+                self.tensorboard.add_scalar(tag, value, record["step"])
 
     def close(self) -> None:
         if not self.active:
