@@ -7,13 +7,17 @@ imp ablation objectives [--out DIR] [--gin.NAME=VALUE ...]
 imp data demo --out DIR [--seed N]
 imp data convert --media_dir DIR --annotations FILE --out DIR [--split S] [--workers N] [--strict]
 imp data inspect [--gin_file F ...] [--mixture NAME] [--show N] [--throughput]
+imp bench NAME [--json] [--repeats N] [flags of NAME]   (NAME: see `imp bench --help`)
 """
 
 import argparse
+import functools
+import importlib
 import json
 import logging
 import sys
 
+from imp.bench import BENCHMARKS
 from imp.errors import ImpError
 
 DEFAULT_RUN = "runs/demo.gin"
@@ -186,7 +190,19 @@ def _eval(args, flag_bindings) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _bench(module, args, flag_bindings) -> int:
+    if getattr(module, "USES_GIN", False):
+        _configure(args, flag_bindings)
+    elif flag_bindings:
+        raise ImpError(
+            f"imp bench {args.bench} takes no gin flags ({flag_bindings[0]}); see its --help"
+        )
+    module.run(args).emit(args.json)
+    return 0
+
+
+def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
+    """The parser; each benchmark's flags (and its imports) only `with_benchmarks`."""
     parser = argparse.ArgumentParser(
         prog="imp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -217,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_argument("--out", default="runs/ablation_objectives")
     _gin_parser(ablation)
     ablation.set_defaults(run=_ablation)
+    bench = commands.add_parser("bench", help="systems benchmarks (docs/benchmarks.md)")
+    bench = bench.add_subparsers(dest="bench", required=True)
+    for name in BENCHMARKS if with_benchmarks else ():
+        module = importlib.import_module(f"imp.bench.{name}")
+        sub = bench.add_parser(name, help=module.__doc__.splitlines()[0])
+        sub.add_argument("--json", action="store_true", help="the report as JSON on the last line")
+        sub.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+        module.add_arguments(sub)
+        if getattr(module, "USES_GIN", False):
+            _gin_parser(sub)
+        sub.set_defaults(run=functools.partial(_bench, module))
     data = commands.add_parser("data", help="data tools").add_subparsers(dest="data", required=True)
     demo = data.add_parser("demo", help="generate the demo world")
     demo.add_argument("--out", required=True)
@@ -267,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, flag_bindings = _split_gin_flags(argv)
-        args = build_parser().parse_args(rest)
+        args = build_parser(with_benchmarks=rest[:1] == ["bench"]).parse_args(rest)
         return args.run(args, flag_bindings)
     except ImpError as e:
         print(f"imp: error: {e.message}", file=sys.stderr)
