@@ -237,7 +237,9 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     bench = bench.add_subparsers(dest="bench", required=True)
     for name in BENCHMARKS if with_benchmarks else ():
         module = importlib.import_module(f"imp.bench.{name}")
-        sub = bench.add_parser(name, help=module.__doc__.splitlines()[0])
+        summary = " ".join(module.__doc__.split("\n\n")[0].split())  # its first paragraph
+        summary = summary.replace("%", "%%")  # argparse %-formats help strings
+        sub = bench.add_parser(name, help=summary)
         sub.add_argument("--json", action="store_true", help="the report as JSON on the last line")
         sub.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
         module.add_arguments(sub)

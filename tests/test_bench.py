@@ -7,6 +7,7 @@ import pytest
 from conftest import TINY, WORLD_IMAGES
 
 from imp import cli
+from imp.bench import BENCHMARKS
 
 TINY_MODEL = ["--repeats", "1"]
 CASES = {
@@ -81,3 +82,11 @@ def test_input_pipeline_on_the_demo_world(capsys, world_dir):
 def test_gin_flags_are_refused_where_a_benchmark_has_none(capsys):
     assert cli.main(["bench", "remat", "--gin.X=1"]) == 2
     assert "imp bench remat takes no gin flags" in capsys.readouterr().err
+
+
+def test_bench_help_lists_every_benchmark(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in BENCHMARKS)

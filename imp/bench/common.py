@@ -205,9 +205,10 @@ class Bench:
     def abstract_state(self):
         return train_state.abstract(self.shardings, self.model, self.tx)
 
-    def compile_jobs(self, names: tuple[str, ...], abstract: bool = True) -> dict:
-        """The graph-table jobs (key -> compile function) of a step over `names`."""
-        state = self.abstract_state() if abstract else self.state
+    def compile_jobs(self, names: tuple[str, ...]) -> dict:
+        """The graph-table jobs (key -> compile function) of a step over `names`, for an
+        abstract state (nothing allocated)."""
+        state = self.abstract_state()
         batches = {n: self.batch(n) for n in names}
         return self.trainer.jobs(names, state, batches, self.rng)
 
@@ -217,10 +218,6 @@ class Bench:
         start = time.perf_counter()
         compile_fn()
         return time.perf_counter() - start
-
-    def compiled(self, names: tuple[str, ...]) -> jax.stages.Compiled:
-        (compile_fn,) = self.compile_jobs(names).values()
-        return compile_fn()
 
     def entry(self, name: str) -> Entry:
         """The graph-table entry (compiled step, memory) that trained task `name`."""
