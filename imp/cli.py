@@ -197,6 +197,10 @@ def _bench(module, args, flag_bindings) -> int:
         raise ImpError(
             f"imp bench {args.bench} takes no gin flags ({flag_bindings[0]}); see its --help"
         )
+    else:  # its own flags only: no gin binding left in this process may reach its model
+        from imp import config
+
+        config.parse()
     module.run(args).emit(args.json)
     return 0
 

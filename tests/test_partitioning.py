@@ -135,7 +135,8 @@ def test_parameter_shardings_follow_the_rules(runs, param, spec):
 def test_activation_constraints_reach_the_lowered_step(runs):
     lines = runs[(2, 4)]["extra"]["constraint_axes"]
     assert any('[{"expert", "data"}, {}, {"model"}]' in line for line in lines)  # MLP hidden
-    assert any('[{"expert", "data"}, {}, {"model"}, {}]' in line for line in lines)  # heads
+    # attention output [batch, heads, length, kv]: heads on `model`
+    assert any('[{"expert", "data"}, {"model"}, {}, {}]' in line for line in lines)
 
 
 @pytest.mark.parametrize("target", ["restored_2x2", "restored_1"])
