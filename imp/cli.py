@@ -4,7 +4,7 @@ imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
 imp eval --checkpoint_dir DIR [--step N] [--evaluations a,b] [--gin_file F ...]
 imp ablation objectives [--out DIR] [--gin.NAME=VALUE ...]
-imp data demo --out DIR [--seed N]
+imp data demo --out DIR [--seed N] [--num_images N]
 imp data convert --media_dir DIR --annotations FILE --out DIR [--split S] [--workers N] [--strict]
 imp data inspect [--gin_file F ...] [--mixture NAME] [--show N] [--throughput]
 imp bench NAME [--json] [--repeats N] [flags of NAME]   (NAME: see `imp bench --help`)
@@ -62,14 +62,24 @@ def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _configure(args: argparse.Namespace, flag_bindings: list[str]) -> None:
-    from imp import config
+    from imp import config, experiment  # noqa: F401 - registers Experiment and its parts
     from imp.partitioning import distributed  # noqa: F401 - registers initialize with gin
     from imp.tasks import catalog, datasets, demo  # noqa: F401 - register data hooks with gin
-    from imp.training import loop  # noqa: F401 - registers train and its parts with gin
+    from imp.training import loop  # noqa: F401 - registers the train options
 
     config.parse(
         args.gin_file or [DEFAULT_RUN], [*args.gin_bindings, *flag_bindings], args.gin_search_paths
     )
+
+
+def _build_run(**overrides):
+    """The configured train options and experiment, both validated (options first: they are
+    cheap, and the experiment's config then records them)."""
+    from imp.experiment import Experiment
+    from imp.training import loop
+
+    options = loop.TrainOptions.from_gin()
+    return options, Experiment.from_gin(**overrides)
 
 
 def _train(args, flag_bindings) -> int:
@@ -78,7 +88,8 @@ def _train(args, flag_bindings) -> int:
     from imp.training import loop, report
 
     distributed.initialize()  # before anything asks JAX for devices
-    summary = loop.train()
+    options, experiment = _build_run()
+    summary = loop.train(experiment, options)
     if summary:  # the first process reports
         print(report.format_table(summary))
     return 0
@@ -86,9 +97,14 @@ def _train(args, flag_bindings) -> int:
 
 def _model_info(args, flag_bindings) -> int:
     _configure(args, flag_bindings)
-    from imp.modeling import info
+    import gin
 
-    table = info.model_info()
+    from imp.modeling import info
+    from imp.modeling.model import ImpModel, check_config
+
+    model = gin.get_configurable(ImpModel)()
+    check_config(model)
+    table = info.model_info(model)
     print(json.dumps(table) if args.json else info.format_table(table))
     return 0
 
@@ -96,7 +112,7 @@ def _model_info(args, flag_bindings) -> int:
 def _data_demo(args, flag_bindings) -> int:
     from imp.data import demo_world
 
-    manifest = demo_world.ensure(args.out, args.seed)
+    manifest = demo_world.ensure(args.out, args.seed, args.num_images)
     for name, d in manifest["datasets"].items():
         counts = ", ".join(f"{s} {v['num_examples']}" for s, v in d["splits"].items())
         print(f"{name}: {counts} examples, {d['num_classes']} classes")
@@ -134,22 +150,16 @@ def _data_convert(args, flag_bindings) -> int:
 
 def _data_inspect(args, flag_bindings) -> int:
     _configure(args, flag_bindings)
-
     from imp.data import inspect
-    from imp.modeling.model import ImpModel
-    from imp.tasks import registry
-    from imp.training import loop
+    from imp.experiment import Experiment
 
-    bindings = loop.prepare_configured_data()
-    name = args.mixture or bindings.get("mixture_or_task_name")
-    if not name:
-        raise ImpError("no mixture to inspect: pass --mixture or bind train.mixture_or_task_name")
-    rows = inspect.mixture_rows(name, ImpModel())
+    experiment = Experiment.from_gin(mixture_or_task_name=args.mixture, writable=False)
+    rows = inspect.mixture_rows(experiment.tasks, experiment.rates, experiment.tokens_per_example)
     print(json.dumps(rows) if args.json else inspect.format_rows(rows))
     if args.show:
-        print("\n".join(inspect.show_examples(name, args.show)))
+        print("\n".join(inspect.show_examples(experiment.tasks, args.show)))
     if args.throughput:
-        for spec, _ in registry.resolve(name):
+        for spec in experiment.tasks:
             rates = {p: inspect.throughput(spec, prefetch=p) for p in (False, True)}
             print(
                 f"{spec.name}: {rates[False]:.0f} examples/s without prefetch, "
@@ -159,33 +169,37 @@ def _data_inspect(args, flag_bindings) -> int:
 
 
 def _ablation(args, flag_bindings) -> int:
-    _configure(args, flag_bindings)  # validates the flags once, before three runs
+    from imp import config
     from imp.training import ablation
 
-    results = ablation.run(
-        args.out,
-        args.gin_file or ["runs/ablation_objectives.gin"],
-        [*args.gin_bindings, *flag_bindings],
-        args.gin_search_paths,
-    )
+    files = args.gin_file or ["runs/ablation_objectives.gin"]
+    args.gin_file = files
+    _configure(args, flag_bindings)  # registers the configurables; flags checked once
+
+    def build(extra: list[str]):
+        config.parse(files, [*args.gin_bindings, *flag_bindings, *extra], args.gin_search_paths)
+        return _build_run()
+
+    results = ablation.run(args.out, build)
     print(ablation.format_table(results))
     return 0
 
 
 def _eval(args, flag_bindings) -> int:
-    from imp.evaluation import checkpoint_eval
+    from imp.evaluation import checkpoint_eval, evaluator
 
     evaluations = args.evaluations.split(",")
-    checkpoint_eval.check_evaluations(evaluations)
+    evaluator.check_evaluations(evaluations)
     run_dir = checkpoint_eval.run_dir_of(args.checkpoint_dir)
-    if not (run_dir / "config.gin").is_file():
-        raise ImpError(f"{run_dir} has no config.gin (is it a run directory of `imp train`?)")
     args.gin_file = [str(run_dir / "config.gin"), *args.gin_file]
     _configure(args, flag_bindings)
+    from imp.experiment import Experiment
     from imp.partitioning import distributed
 
     distributed.initialize()
-    summary = checkpoint_eval.evaluate(run_dir, args.step, evaluations, args.out)
+    step = checkpoint_eval.pick_step(run_dir, args.step)
+    experiment = Experiment.from_gin(model_dir=str(run_dir), writable=False)
+    summary = checkpoint_eval.evaluate(experiment, step, evaluations, args.out)
     print(json.dumps(summary) if args.json else checkpoint_eval.format_table(summary))
     return 0
 
@@ -197,10 +211,6 @@ def _bench(module, args, flag_bindings) -> int:
         raise ImpError(
             f"imp bench {args.bench} takes no gin flags ({flag_bindings[0]}); see its --help"
         )
-    else:  # its own flags only: no gin binding left in this process may reach its model
-        from imp import config
-
-        config.parse()
     module.run(args).emit(args.json)
     return 0
 
@@ -254,6 +264,9 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     demo = data.add_parser("demo", help="generate the demo world")
     demo.add_argument("--out", required=True)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--num_images", type=int, help="use the first N of the 1797 digit images (default: all)"
+    )
     demo.set_defaults(run=_data_demo)
     convert = data.add_parser("convert", help="media files + annotations -> DMVR TFRecords")
     convert.add_argument("--media_dir", required=True, help="folder the annotation paths are in")
@@ -273,7 +286,9 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     convert.set_defaults(run=_data_convert)
     inspect = data.add_parser("inspect", help="per-task shapes, tokens and rates of a mixture")
     _gin_parser(inspect)
-    inspect.add_argument("--mixture", help="default: the configured train.mixture_or_task_name")
+    inspect.add_argument(
+        "--mixture", help="default: the configured Experiment.mixture_or_task_name"
+    )
     inspect.add_argument(
         "--show", type=int, default=0, help="print N decoded examples per data set"
     )

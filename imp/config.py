@@ -144,8 +144,3 @@ def parameter_names(configurable: str) -> list[str]:
         return list(inspect.signature(info.wrapped).parameters)
     except (TypeError, ValueError):
         return []
-
-
-def write_operative_config(path: Path) -> None:
-    """Writes the config gin actually used so far (t5x's config.gin)."""
-    path.write_text(gin.operative_config_str())

@@ -20,8 +20,10 @@ done
 [[ -n "$tpu" && -n "$zone" ]] || { echo "tpu_pod.sh: --tpu and --zone are required" >&2; exit 2; }
 [[ -n "$repo" ]] || repo=$(git -C "$(dirname "$0")" remote get-url origin 2>/dev/null || echo "")
 [[ -n "$repo" ]] || { echo "tpu_pod.sh: give --repo URL (no git remote to default to)" >&2; exit 2; }
+# Everything that reaches the remote shell is quoted: a flag or URL is one word there, never code.
 flags=$(printf ' %q' "$@")
-remote="if [ -d imp ]; then git -C imp pull -q; else git clone -q $repo imp; fi && cd imp && ./run.sh setup && .venv/bin/imp train --gin.initialize.cluster=True$flags"
+quoted_repo=$(printf '%q' "$repo")
+remote="if [ -d imp ]; then git -C imp pull -q; else git clone -q $quoted_repo imp; fi && cd imp && ./run.sh setup && .venv/bin/imp train --gin.initialize.cluster=True$flags"
 cmd=(gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote")
 [[ -n "$project" ]] && cmd+=(--project "$project")
 if ((dry_run)); then

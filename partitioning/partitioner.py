@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from imp import validation
 from imp.errors import ImpError
 
 MESH_AXES = ("expert", "data", "model")
@@ -35,7 +36,8 @@ DEFAULT_RULES: LogicalRules = (
 )
 
 
-@gin.configurable
+# Registered, not decorated: `Experiment.from_gin` applies the bindings (`Partitioner.*`).
+@gin.register
 class Partitioner:
     """`num_partitions` devices per model replica (`model` axis), `num_expert_partitions`
     ways of expert parallelism; the `data` axis takes the remaining devices."""
@@ -48,14 +50,26 @@ class Partitioner:
         devices: Sequence[jax.Device] | None = None,
     ):
         devices = list(devices if devices is not None else jax.devices())
+        for name, value in (
+            ("num_partitions", num_partitions),
+            ("num_expert_partitions", num_expert_partitions),
+        ):
+            validation.require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"Partitioner.{name} = {value!r}: expected an integer >= 1",
+            )
         per_replica = num_partitions * num_expert_partitions
-        if num_partitions < 1 or num_expert_partitions < 1 or len(devices) % per_replica:
+        if len(devices) % per_replica:
             raise ImpError(
                 f"Partitioner: num_partitions={num_partitions} x num_expert_partitions="
                 f"{num_expert_partitions} does not divide the {len(devices)} devices"
             )
         shape = (num_expert_partitions, len(devices) // per_replica, num_partitions)
         self.mesh = Mesh(np.array(devices).reshape(shape), MESH_AXES)
+        validation.require(
+            all(isinstance(rule, list | tuple) and len(rule) == 2 for rule in logical_axis_rules),
+            "Partitioner.logical_axis_rules: expected (logical name, mesh axes) pairs",
+        )
         self.rules = tuple((name, target) for name, target in logical_axis_rules)
         for name, target in self.rules:
             targets = target if isinstance(target, tuple) else (target,)

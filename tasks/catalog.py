@@ -22,6 +22,7 @@ import tensorflow as tf
 from imp.data.convert import CLASSES, INFO
 from imp.errors import ImpError, did_you_mean
 from imp.tasks import datasets, registry
+from imp.tasks.spec import TaskSpec
 
 VIDEO_TEMPLATES = ("a video of {}.", "a video of a person {}.", "{}")
 IMAGE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
@@ -176,7 +177,7 @@ def prepare_catalog(
     vocabulary: str = "",
     mixture_prefix: str = "imp",
     overrides: dict[str, dict] | None = None,
-) -> list[tuple[registry.TaskSpec, float]]:
+) -> list[tuple[TaskSpec, float]]:
     """Registers catalog data sets and the standard mixtures (`{mixture_prefix}_all`, ...).
 
     With `names`, each named data set must be present (else a clear error); without, every

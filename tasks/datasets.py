@@ -30,6 +30,7 @@ import tensorflow as tf
 from imp.data import dmvr, preprocessing
 from imp.errors import ImpError
 from imp.tasks import registry
+from imp.tasks.spec import CLASSIFICATION, TaskSpec
 
 VIDEO_VARIANTS = ("half_res", "quarter_batch", "droptoken")
 IMAGE_VARIANTS = ("double_res", "droptoken")
@@ -92,7 +93,7 @@ class Dataset:
         return preprocessing.num_spectrogram_frames(self.num_samples, self.mel_frame_step)
 
 
-def variants(dataset: Dataset, spec: registry.TaskSpec) -> list[registry.TaskSpec]:
+def variants(dataset: Dataset, spec: TaskSpec) -> list[TaskSpec]:
     """The base task and its multi-resolution variants (only vision tasks have variants)."""
     if not dataset.multi_resolution or "vision" not in spec.modalities:
         return [spec]
@@ -114,7 +115,7 @@ def variants(dataset: Dataset, spec: registry.TaskSpec) -> list[registry.TaskSpe
     ]
 
 
-def register_dataset(dataset: Dataset) -> list[tuple[registry.TaskSpec, float]]:
+def register_dataset(dataset: Dataset) -> list[tuple[TaskSpec, float]]:
     """Registers the data set's training Tasks (every variant) and its evaluation Task;
     returns the training tasks with their sampling weights."""
     _check(dataset)
@@ -132,7 +133,7 @@ def register_dataset(dataset: Dataset) -> list[tuple[registry.TaskSpec, float]]:
     weight = dataset.weight or num_train
     registered = []
     for suffix, (objective, modalities) in dataset.tasks.items():
-        base = registry.TaskSpec(
+        base = TaskSpec(
             name=f"{dataset.name}_{suffix}",
             dataset=dataset.name,
             objective=objective,
@@ -188,6 +189,10 @@ def _shapes(dataset: Dataset, vocabulary) -> dict:
         class_names=tuple(dataset.class_names),
         class_prompts=_class_prompts(dataset),
         eval_split=dataset.eval_split,
+        # Variants train at other sizes; every one evaluates on the data set's evaluation Task.
+        eval_height=dataset.eval_height or dataset.height,
+        eval_width=dataset.eval_width or dataset.width,
+        eval_clips=dataset.eval_clips,
     )
 
 
@@ -209,7 +214,7 @@ def _check(dataset: Dataset) -> None:
             raise ImpError(f"{where}: no files match the '{split}' pattern {pattern}")
     used = {m for _, modalities in dataset.tasks.values() for m in modalities}
     for suffix, (objective, _) in dataset.tasks.items():
-        if objective in registry.CLASSIFICATION and not dataset.class_names:
+        if objective in CLASSIFICATION and not dataset.class_names:
             raise ImpError(f"{where}: task '{suffix}' ({objective}) needs class_names")
     if used & set(AUDIO) and not dataset.num_samples:
         raise ImpError(f"{where}: audio inputs need num_samples (the audio window)")
@@ -266,7 +271,7 @@ def _checked(dataset: Dataset, example: dict, source_file, modalities, objective
     if "text" in modalities:
         present = tf.size(example["captions"]) > 0
         checks.append(_require(present, source_file, f"missing feature {dmvr.CAPTION}"))
-    if objective in registry.CLASSIFICATION:
+    if objective in CLASSIFICATION:
         labels = example["label"]
         checks.append(_require(tf.size(labels) > 0, source_file, f"missing feature {dmvr.LABEL}"))
         if objective == "softmax":
@@ -350,7 +355,7 @@ def _read(dataset: Dataset, element: dict, audio: bool) -> tuple[dict, tf.Tensor
 
 
 @seqio.map_over_dataset(num_seeds=3)
-def _train_example(element, seeds, source: Dataset, spec: registry.TaskSpec) -> dict:
+def _train_example(element, seeds, source: Dataset, spec: TaskSpec) -> dict:
     """A training example of `spec`: one random clip, crop, flip, caption."""
     dataset = source  # (seqio's wrapper reserves the name `dataset`)
     clip_seed, vision_seed, caption_seed = seeds
@@ -369,7 +374,7 @@ def _train_example(element, seeds, source: Dataset, spec: registry.TaskSpec) -> 
         out.update({m: audio[m][0] for m in AUDIO if m in spec.modalities})
     if "text" in spec.modalities:
         out["text"] = preprocessing.pick_caption(example["captions"], caption_seed)
-    if spec.objective in registry.CLASSIFICATION:
+    if spec.objective in CLASSIFICATION:
         out.update(_labels(dataset, spec.objective, example["label"]))
     return out
 
@@ -383,7 +388,7 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
     used = {m for _, modalities in dataset.tasks.values() for m in modalities}
     objectives = {objective for objective, _ in dataset.tasks.values()}
     example, source_file = _read(dataset, element, bool(used & set(AUDIO)))
-    labelled = next((o for o in registry.CLASSIFICATION if o in objectives), None)
+    labelled = next((o for o in CLASSIFICATION if o in objectives), None)
     example = _checked(dataset, example, source_file, tuple(used), labelled)
     clips = dataset.eval_clips
     starts = preprocessing.clip_starts(
@@ -419,9 +424,9 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
 @gin.configurable
 def prepare_datasets(
     datasets: Sequence[Dataset] = (), mixture_prefix: str | None = None
-) -> list[tuple[registry.TaskSpec, float]]:
+) -> list[tuple[TaskSpec, float]]:
     """Registers every data set's Tasks and, under `mixture_prefix`, the standard mixtures
-    (`registry.register_mixtures`). The `train.prepare_data` hook for your own data."""
+    (`registry.register_mixtures`). The `Experiment.prepare_data` hook for your own data."""
     registered = [entry for dataset in datasets for entry in register_dataset(dataset)]
     if mixture_prefix:
         registry.register_mixtures(mixture_prefix, registered)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gin
 
+from imp import validation
 from imp.data import demo_world
 from imp.tasks import datasets, registry
 
@@ -39,7 +40,13 @@ def prepare_demo(
 
     `num_images` limits the world to the first N digit images (tests); None uses all.
     """
-    root = Path(data_dir) if data_dir else default_data_dir(seed)
+    for name, value in (("batch_size", batch_size), ("text_length", text_length), ("seed", seed)):
+        validation.at_least(f"prepare_demo.{name}", value, 0 if name == "seed" else 1)
+    validation.require(
+        data_dir is None or isinstance(data_dir, str),
+        f"prepare_demo.data_dir = {data_dir!r}: expected a path",
+    )
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir(seed)
     manifest = demo_world.ensure(root, seed, num_images)
     register_demo(root, manifest, batch_size, text_length)
 

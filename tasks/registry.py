@@ -1,87 +1,13 @@
-"""Task descriptions for the AGD loop, registered together with their seqio Tasks.
-
-A `TaskSpec` says everything the loop needs to build one graph: the objective, which
-modalities feed the model, per-task batch size and input shapes, and the classifier head.
-"""
-
-import dataclasses
+"""Task descriptions (`imp.tasks.spec.TaskSpec`) registered together with their seqio Tasks,
+and the standard mixtures over them."""
 
 import seqio
 
 from imp.errors import ImpError, did_you_mean
+from imp.tasks.spec import CLASSIFICATION, TaskSpec
 
-CLASSIFICATION = ("softmax", "bce")  # single-label, multi-label (sigmoid)
-OBJECTIVES = ("nce", *CLASSIFICATION)
-MODALITIES = ("vision", "waveform", "spectrogram", "text")
 # Prefixes the messages of in-graph data checks, so `feeding` can report them.
 CHECK_MARK = "imp-data-check: "
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    dataset: str  # the data set; names the classifier head shared by its tasks
-    objective: str  # "nce" (contrastive over modality pairs), "softmax" or "bce"
-    modalities: tuple[str, ...]  # model inputs, a subset of MODALITIES
-    num_examples: int  # training examples
-    batch_size: int  # global batch
-    frames: int = 1
-    height: int = 32
-    width: int = 32
-    num_samples: int = 0  # waveform samples per example
-    text_length: int = 16
-    vocab_size: int = 0  # of the text vocabulary; 0 without text
-    drop_rate: float = 0.0  # DropToken ratio (seed 004 §3.4)
-    class_names: tuple[str, ...] = ()
-    class_prompts: tuple[tuple[str, ...], ...] = ()  # per class, captions for zero-shot
-    spectrogram: tuple[int, ...] = ()  # (time frames, mel bins) of the log-mel input
-    variant: str = "base"  # multi-resolution variant (see `imp.tasks.datasets.variants`)
-    eval_task: str = ""  # seqio Task with the data set's evaluation inputs; "" = this one
-    eval_split: str = "validation"
-    loss_weight: float = 1.0
-    lr_multiplier: float = 1.0
-    head_name: str = ""  # the classifier head; "" = one per data set
-
-    def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ImpError(f"task '{self.name}': objective '{self.objective}' not in {OBJECTIVES}")
-        unknown = set(self.modalities) - set(MODALITIES)
-        if unknown:
-            raise ImpError(f"task '{self.name}': unknown modalities {sorted(unknown)}")
-        if self.objective in CLASSIFICATION and not self.class_names:
-            raise ImpError(f"task '{self.name}': a {self.objective} task needs class_names")
-
-    @property
-    def head(self) -> str:
-        return self.head_name or self.dataset
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def tokens_per_example(
-        self,
-        vision_patch: tuple[int, int, int],
-        waveform_patch: int,
-        spectrogram_patch: tuple[int, int],
-    ) -> dict[str, int]:
-        """Encoder tokens per example and modality after DropToken (which spares text), for
-        the model's patch sizes; a still image fills one tubelet."""
-        pt, ph, pw = vision_patch
-        full = {
-            "vision": -(-self.frames // pt) * (self.height // ph) * (self.width // pw),
-            "waveform": self.num_samples // waveform_patch,
-            "spectrogram": (self.spectrogram[0] // spectrogram_patch[0])
-            * (self.spectrogram[1] // spectrogram_patch[1])
-            if self.spectrogram
-            else 0,
-            "text": self.text_length,
-        }
-        return {
-            m: full[m] if m == "text" else max(1, round(full[m] * (1.0 - self.drop_rate)))
-            for m in self.modalities
-        }
-
 
 _SPECS: dict[str, TaskSpec] = {}
 

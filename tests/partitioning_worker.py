@@ -1,12 +1,18 @@
-"""Runs 3 train steps of a tiny IMP on a given mesh; the partitioning tests start it as a
-subprocess so each run gets its own device count (and, for multi-host, its own process).
+"""Runs 3 train steps of a tiny IMP on each of several meshes in one process; the partitioning
+tests start it as a subprocess, once per device count (and, for multi-host, per process).
 
-    python tests/partitioning_worker.py --devices 8 --mesh 1,4,2 --out result.npz
-        [--moe] [--num_processes 2 --process_id 0 --port 12345]
-        [--save_checkpoint DIR | --restore_checkpoint DIR]
+    python tests/partitioning_worker.py --devices 8 --out result.json --runs RUNS
+        [--num_processes 2 --process_id 0 --port 12345]
+
+RUNS is a JSON list of `{"name", "mesh": [expert, data, model], "devices": k (the first k
+devices; default all), "moe": bool, "save": dir, "restore": dir}`. The result file (written by
+the first process) maps each name to its losses, first-step gradients, final parameters,
+parameter shardings and, for trained runs, whether the step has an all-to-all and its
+activation sharding constraints. It imports no TensorFlow: the train step never needs it.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -14,36 +20,48 @@ import sys
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--mesh", default="1,1,1", help="expert,data,model")
-    parser.add_argument("--moe", action="store_true")
+    parser.add_argument("--runs", required=True)
     parser.add_argument("--num_processes", type=int, default=1)
     parser.add_argument("--process_id", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--save_checkpoint")
-    parser.add_argument("--restore_checkpoint")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
 
+    import jax
+
+    from imp.partitioning import distributed
+
+    if args.num_processes > 1:
+        distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
+    results = {run["name"]: _run(run, args) for run in json.loads(args.runs)}
+    results["_imports"] = {"tensorflow": "tensorflow" in sys.modules}
+    if jax.process_index() == 0:
+        with open(args.out, "w") as f:
+            json.dump(results, f)
+
+
+def _run(run: dict, args) -> dict:
+    import flax.linen as nn
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
     from jax.experimental import multihost_utils
 
     from imp.modeling.model import ImpModel
-    from imp.partitioning import distributed
     from imp.partitioning.partitioner import Partitioner
-    from imp.tasks.registry import TaskSpec
+    from imp.tasks.spec import TaskSpec
     from imp.training import train_state
     from imp.training.optimizer import make_optimizer
-    from imp.training.step import make_train_step
+    from imp.training.step import TaskLoss, make_train_step
 
-    if args.num_processes > 1:
-        distributed.initialize(f"127.0.0.1:{args.port}", args.num_processes, args.process_id)
-    expert, data, model_axis = (int(v) for v in args.mesh.split(","))
-    partitioner = Partitioner(num_partitions=model_axis, num_expert_partitions=expert)
+    expert, data, model_axis = run["mesh"]
+    devices = jax.devices()[: run.get("devices", len(jax.devices()))]
+    partitioner = Partitioner(
+        num_partitions=model_axis, num_expert_partitions=expert, devices=devices
+    )
     assert partitioner.mesh.shape["data"] == data, partitioner.mesh.shape
-    moe = dict(num_experts=4, moe_every=2, max_group_size=16) if args.moe else {}
+    moe = dict(num_experts=4, moe_every=2, max_group_size=16) if run.get("moe") else {}
     model = ImpModel(
         d_model=16,
         num_layers=2,
@@ -57,14 +75,23 @@ def main() -> None:
     task = TaskSpec("t", "d", "nce", ("vision", "text"), 100, 16)
     tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
     shardings = train_state.state_shardings(model, tx, partitioner)
-    if args.restore_checkpoint:
-        manager = ocp.CheckpointManager(args.restore_checkpoint)
+
+    def gathered(tree) -> dict:
+        flat = multihost_utils.process_allgather(tree, tiled=True)
+        return {
+            jax.tree_util.keystr(p): np.asarray(v).tolist()
+            for p, v in jax.tree_util.tree_leaves_with_path(flat)
+        }
+
+    out = {"losses": [], "extra": {}}
+    if run.get("restore"):
+        manager = ocp.CheckpointManager(run["restore"])
         abstract = train_state.abstract(shardings, model, tx)
-        state = manager.restore(
-            manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        restored = manager.restore(
+            manager.latest_step(),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)),
         )
-        state = state["state"]
-        losses = []
+        state = restored["state"]
     else:
         state = train_state.create(model, tx, partitioner, jax.random.key(0), shardings)
         rng = np.random.default_rng(0)
@@ -79,49 +106,48 @@ def main() -> None:
         batch = {"t": partitioner.shard_batch({k: v[rows] for k, v in global_batch.items()})}
         key = jax.random.key(1)
         batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-        step = make_train_step(model, tx, schedule, [task])
-        in_shardings = (shardings, batch_shardings, partitioner.replicated())
-        out_shardings = (shardings, partitioner.replicated())
-        compiled = partitioner.compile(step, (state, batch, key), in_shardings, out_shardings)
-        hlo = compiled.as_text()
-        lowered = jax.jit(step, in_shardings=in_shardings, out_shardings=out_shardings)
-        import flax.linen as nn
+        replicated = partitioner.replicated()
+        loss = TaskLoss()
 
+        def loss_of(params, batch):  # the train step's loss at its first step
+            return loss(model, task, params, batch["t"], jax.random.fold_in(key, 0))[0]
+
+        grads = partitioner.compile(
+            jax.grad(loss_of),
+            (state["params"], batch),
+            (shardings["params"], batch_shardings),
+            shardings["params"],
+        )(state["params"], batch)
+        out["grads"] = gathered(grads)
+        step = make_train_step(model, tx, schedule, [task], loss)
+        in_shardings = (shardings, batch_shardings, replicated)
+        compiled = partitioner.compile(
+            step, (state, batch, key), in_shardings, (shardings, replicated)
+        )
         with jax.set_mesh(partitioner.mesh), nn.logical_axis_rules(partitioner.rules):
+            lowered = jax.jit(
+                step, in_shardings=in_shardings, out_shardings=(shardings, replicated)
+            )
             stablehlo = lowered.lower(state, batch, key).as_text()
-        losses = []
         for _ in range(3):
             state, metrics = compiled(state, batch, key)
-            losses.append(float(metrics["loss"]))
-        if args.save_checkpoint:
-            manager = ocp.CheckpointManager(args.save_checkpoint)
+            out["losses"].append(float(metrics["loss"]))
+        out["extra"] = {
+            "all_to_all": "all-to-all" in compiled.as_text(),
+            "constraint_axes": [
+                line for line in stablehlo.splitlines() if "sharding_constraint" in line
+            ],
+        }
+        if run.get("save"):
+            manager = ocp.CheckpointManager(run["save"])
             manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
             manager.wait_until_finished()
-    params = multihost_utils.process_allgather(state["params"], tiled=True)
-    flat = {
-        jax.tree_util.keystr(p): np.asarray(v)
-        for p, v in jax.tree_util.tree_leaves_with_path(params)
-    }
-    specs = {
+    out["params"] = gathered(state["params"])
+    out["specs"] = {
         jax.tree_util.keystr(p): str(v.sharding.spec)
         for p, v in jax.tree_util.tree_leaves_with_path(state["params"])
     }
-    if args.process_id == 0:
-        extra = {}
-        if not args.restore_checkpoint:
-            extra = {
-                "all_to_all": "all-to-all" in hlo,
-                "constraint_axes": [
-                    line for line in stablehlo.splitlines() if "sharding_constraint" in line
-                ],
-            }
-        np.savez(
-            args.out,
-            losses=np.array(losses),
-            specs=np.array(repr(specs)),
-            extra=np.array(repr(extra)),
-            **{f"param{k}": v for k, v in flat.items()},
-        )
+    return out
 
 
 if __name__ == "__main__":

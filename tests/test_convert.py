@@ -123,6 +123,61 @@ def test_convert_strict_stops_at_the_corrupt_file(media_dir, tmp_path):
     assert not list((tmp_path / "out").glob("train-*"))  # nothing half-written
 
 
+def _convert(media_dir, out, **kwargs):
+    return convert.convert(
+        media_dir,
+        media_dir / "captions.csv",
+        out,
+        options=convert.media.Options(fps=FPS, short_side=32),
+        progress=False,
+        **kwargs,
+    )
+
+
+def _shards(out, split="train"):
+    return {p.name: p.read_bytes() for p in sorted(out.glob(f"{split}-*.tfrecord"))}
+
+
+def test_a_failed_conversion_keeps_the_split_it_would_replace(media_dir, tmp_path):
+    out = tmp_path / "out"
+    _convert(media_dir, out, examples_per_shard=1)
+    before = _shards(out)
+    assert len(before) == 4
+    with pytest.raises(ImpError, match="cannot convert .*broken.mp4"):
+        _convert(media_dir, out, examples_per_shard=2, strict=True)
+    assert _shards(out) == before
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    _convert(media_dir, out, examples_per_shard=3)  # a complete conversion replaces it
+    assert sorted(_shards(out)) == [
+        "train-00000-of-00002.tfrecord",
+        "train-00001-of-00002.tfrecord",
+    ]
+
+
+def test_labels_of_earlier_splits_are_never_renumbered(media_dir, tmp_path):
+    out = tmp_path / "out"
+    _convert(media_dir, out)
+    train = _shards(out)
+    reordered = ["walking", "still", "running", "moving", "beeping"]
+    with pytest.raises(
+        ImpError, match=r"--classes differs from the classes of the splits \['train'\]"
+    ):
+        _convert(media_dir, out, split="validation", classes=reordered)
+    assert _shards(out) == train and not _shards(out, "validation")
+    info = json.loads((out / "dataset_info.json").read_text())
+    _convert(media_dir, out, split="validation")  # the earlier order, kept
+    assert json.loads((out / "dataset_info.json").read_text())["class_names"] == info["class_names"]
+
+
+@pytest.mark.parametrize("flag", ["--workers=0", "--examples_per_shard=0"])
+def test_counts_below_one_are_refused(media_dir, tmp_path, flag, capsys):
+    argv = ["data", "convert", f"--media_dir={media_dir}", f"--out={tmp_path}"]
+    argv += [f"--annotations={media_dir / 'captions.csv'}", flag]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{flag.split('=')[0]} = 0: expected an integer" in err
+
+
 def test_convert_rejects_bad_annotations(media_dir, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("file,caption\nwalk.mp4,x\n")
@@ -196,7 +251,7 @@ def test_catalog_tfds_entry(tmp_path):
 
 def test_own_data_trains_from_the_gin_template(media_dir, tmp_path, world_dir):
     """convert -> `gin/data/my_videos.gin` -> a few training steps, as docs/data.md says."""
-    from conftest import TINY
+    from conftest import SHARED, TINY
 
     from imp import config
     from imp.training import loop
@@ -214,6 +269,8 @@ def test_own_data_trains_from_the_gin_template(media_dir, tmp_path, world_dir):
             options=convert.media.Options(fps=FPS, short_side=32),
             progress=False,
         )
+    from imp.experiment import Experiment
+
     config.parse(
         ["models/tiny.gin", "data/my_videos.gin"],
         [
@@ -227,11 +284,11 @@ def test_own_data_trains_from_the_gin_template(media_dir, tmp_path, world_dir):
             "my_videos/Dataset.batch_size = 4",
             "my_videos/Dataset.height = 32",
             "my_videos/Dataset.width = 32",
-            "train.progress_bar = False",
+            *SHARED,
             *TINY,
         ],
     )
-    summary = loop.train()
+    summary = loop.train(Experiment.from_gin(), loop.TrainOptions.from_gin())
     assert sum(t["steps"] for t in summary["tasks"].values()) == 4
     assert set(summary["tasks"]) <= {
         f"my_videos_{task}{variant}"

@@ -10,6 +10,7 @@ from conftest import WORLD_IMAGES
 
 from imp.data import dmvr, feeding, preprocessing
 from imp.errors import ImpError
+from imp.modeling.model import ImpModel, tokens_per_example
 from imp.tasks import datasets, demo, registry
 
 SAMPLE_RATE = 8000
@@ -162,7 +163,9 @@ def multires(world_dir):
 
 
 def _vision_tokens(spec) -> int:
-    return spec.tokens_per_example((2, 8, 8), 128, (16, 16))["vision"] * spec.batch_size
+    model = ImpModel(vision_patch=(2, 8, 8), vision_max_grid=(8, 16, 16))
+    tokens = tokens_per_example(model, spec.input_shapes(), spec.drop_rate)
+    return tokens["vision"] * spec.batch_size
 
 
 def test_variants_keep_tokens_per_batch_equal(multires):

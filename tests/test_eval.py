@@ -1,12 +1,16 @@
-"""`imp eval` on a short run's checkpoint: the table, eval.json, another mesh, and its errors."""
+"""`imp eval` on a short run's checkpoint: the table and eval.json against an independent
+computation, another mesh, another resolution, and its errors; periodic evaluation with the
+best checkpoint kept across a resume."""
 
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+from conftest import configure_run, experiment_of
 
 from imp import cli
 from imp.training import loop
@@ -14,39 +18,34 @@ from imp.training import loop
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, world_dir):
-    from conftest import TINY, WORLD_IMAGES
-
-    from imp import config
-    from imp.tasks import demo  # noqa: F401 - registers prepare_demo with gin
-
     out = tmp_path_factory.mktemp("eval_run")
-    config.parse(
-        ["runs/demo.gin"],
-        [
-            f"MODEL_DIR = '{out}'",
-            "TRAIN_STEPS = 30",
-            f"prepare_demo.data_dir = '{world_dir}'",
-            f"prepare_demo.num_images = {WORLD_IMAGES}",
-            "prepare_demo.batch_size = 8",
-            "train.progress_bar = False",
-            "train.evaluate_at_end = False",
-            *TINY,
-        ],
+    loop.train(
+        *configure_run(world_dir, out, 10, "train.evaluate_at_end = False", mixture="demo_all")
     )
-    loop.train()
     return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(run_dir):
+    """`imp eval` of the run on this process's one device: (printed table, eval.json)."""
+    import io
+    from contextlib import redirect_stdout
+
+    before = _snapshot(run_dir / "checkpoints")
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert cli.main(["eval", f"--checkpoint_dir={run_dir / 'checkpoints'}"]) == 0
+    assert _snapshot(run_dir / "checkpoints") == before  # read-only
+    return printed.getvalue(), json.loads((run_dir / "eval" / "step_10" / "eval.json").read_text())
 
 
 def _snapshot(path):
     return {p: p.stat().st_mtime_ns for p in path.rglob("*")}
 
 
-def test_eval_prints_every_metric_with_chance(run_dir, capsys):
-    before = _snapshot(run_dir / "checkpoints")
-    assert cli.main(["eval", f"--checkpoint_dir={run_dir / 'checkpoints'}"]) == 0
-    table = capsys.readouterr().out
-    assert "step 30 on 1 device(s)" in table
-    summary = json.loads((run_dir / "eval" / "step_30" / "eval.json").read_text())
+def test_eval_prints_every_metric_with_chance(evaluated, run_dir):
+    table, summary = evaluated
+    assert "step 10 on 1 device(s)" in table
     tasks = summary["tasks"]
     assert {"top1", "top5", "linear_probe_top1/vision"} <= set(tasks["digit_videos_cls"])
     assert {"zero_shot_top1/vision", "zero_shot_top5/vision"} <= set(tasks["digit_images_text"])
@@ -59,32 +58,110 @@ def test_eval_prints_every_metric_with_chance(run_dir, capsys):
         for m in task_metrics.values():
             assert 0 <= m["chance"] and np.isfinite(m["value"])
     assert tasks["digit_videos_cls"]["top1"]["chance"] == pytest.approx(1 / 40)
-    assert list((run_dir / "eval" / "step_30" / "tensorboard").iterdir())
-    assert _snapshot(run_dir / "checkpoints") == before  # read-only
+    assert list((run_dir / "eval" / "step_10" / "tensorboard").iterdir())
+    from imp.evaluation.evaluator import EVALUATIONS, metric_names
+
+    for name, spec in experiment_of(run_dir).specs.items():
+        if name in tasks:  # the metrics reported are the ones predicted up front
+            assert sorted(tasks[name]) == sorted(metric_names(spec, EVALUATIONS)), name
 
 
-def test_eval_on_another_mesh_gives_the_same_metrics(run_dir, tmp_path):
-    """Trained on 1 device; evaluated on 8 virtual devices with data and model axes."""
+def _restored(run_dir):
+    from imp.training.checkpoint import Checkpointer
 
-    def run(out, devices):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        argv = [
-            sys.executable,
-            "-m",
-            "imp.cli",
-            "eval",
-            f"--checkpoint_dir={run_dir}",
-            f"--out={out}",
-            "--evaluations=classification,zero_shot,retrieval",
+    experiment = experiment_of(run_dir)
+    state, _ = Checkpointer(run_dir / "checkpoints", read_only=True).restore(
+        10, experiment.abstract_state
+    )
+    return experiment, state["params"]
+
+
+def _held_out(spec, **kwargs):
+    from imp.data import feeding
+
+    batches = list(feeding.batches(spec, spec.eval_split, 0, train=False, batch_size=7, **kwargs))
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _prompt_ids(spec):
+    import seqio
+
+    vocabulary = seqio.get_mixture_or_task(spec.name).output_features["text"].vocabulary
+    rows = []
+    for prompts in spec.class_prompts:
+        for prompt in prompts:
+            ids = np.zeros(spec.text_length, np.int32)
+            tokens = vocabulary.encode(prompt)[: spec.text_length]
+            ids[: len(tokens)] = tokens
+            rows.append(ids)
+    return np.stack(rows)
+
+
+def test_eval_values_match_a_direct_computation(evaluated, run_dir):
+    """Classification top-1 from the head's logits and zero-shot top-1 against averaged,
+    normalised prompt embeddings, computed here example by example with `model.apply`."""
+    _, summary = evaluated
+    experiment, params = _restored(run_dir)
+    model, specs = experiment.model, experiment.specs
+
+    cls = specs["digit_videos_cls"]
+    data = _held_out(cls, with_labels=True)
+    logits = np.concatenate(
+        [
+            model.apply({"params": params}, {"vision": data["vision"][i : i + 1]}, head=cls.head)[
+                "logits"
+            ]
+            for i in range(len(data["label"]))
         ]
-        if devices > 1:
-            argv += ["--gin.Partitioner.num_partitions=2"]  # data 4 x model 2
-        subprocess.run(argv, check=True, env=env, capture_output=True)
-        return json.loads((out / "eval.json").read_text())
+    )
+    top1 = np.mean(logits.argmax(1) == data["label"])
+    assert summary["tasks"]["digit_videos_cls"]["top1"]["value"] == pytest.approx(top1, abs=1e-9)
 
-    one, eight = run(tmp_path / "one", 1), run(tmp_path / "eight", 8)
+    nce = specs["digit_images_text"]
+    data = _held_out(nce, with_labels=True)
+    images = model.apply({"params": params}, {"vision": data["vision"]})["embedding/vision"]
+    prompts = model.apply({"params": params}, {"text": _prompt_ids(nce)})["embedding/text"]
+    prompts = np.asarray(prompts).reshape(len(nce.class_prompts), -1, prompts.shape[-1])
+    prompts = prompts / np.linalg.norm(prompts, axis=-1, keepdims=True)
+    prototypes = prompts.mean(1)
+    prototypes /= np.linalg.norm(prototypes, axis=-1, keepdims=True)
+    images = np.asarray(images) / np.linalg.norm(images, axis=-1, keepdims=True)
+    top1 = np.mean((images @ prototypes.T).argmax(1) == data["label"])
+    reported = summary["tasks"]["digit_images_text"]["zero_shot_top1/vision"]["value"]
+    assert reported == pytest.approx(top1, abs=1e-9)
+
+
+def test_prompt_ensembling_averages_normalised_prompt_embeddings(run_dir):
+    from imp.evaluation import evaluator
+
+    experiment, params = _restored(run_dir)
+    spec = experiment.specs["digit_images_text"]
+    got = evaluator.class_embeddings(evaluator.Encoder(experiment, params), spec)
+    expected = []
+    for row in _prompt_ids(spec).reshape(len(spec.class_prompts), -1, spec.text_length):
+        out = experiment.model.apply({"params": params}, {"text": jax.numpy.asarray(row)})
+        embedded = np.asarray(out["embedding/text"])
+        mean = (embedded / np.linalg.norm(embedded, axis=1, keepdims=True)).mean(0)
+        expected.append(mean / np.linalg.norm(mean))
+    np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
+
+
+def test_eval_on_another_mesh_gives_the_same_metrics(evaluated, run_dir, tmp_path):
+    """Trained on 1 device; evaluated on 8 virtual devices with data and model axes."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    argv = [
+        sys.executable,
+        "-m",
+        "imp.cli",
+        "eval",
+        f"--checkpoint_dir={run_dir}",
+        f"--out={tmp_path}",
+        "--gin.Partitioner.num_partitions=2",  # data 4 x model 2
+    ]
+    subprocess.run(argv, check=True, env=env, capture_output=True)
+    eight = json.loads((tmp_path / "eval.json").read_text())
     assert eight["devices"] == 8
-    for task, task_metrics in one["tasks"].items():
+    for task, task_metrics in evaluated[1]["tasks"].items():
         for name, m in task_metrics.items():
             assert eight["tasks"][task][name]["value"] == pytest.approx(m["value"], abs=1e-6), name
 
@@ -99,66 +176,35 @@ def test_eval_errors(run_dir, tmp_path, capsys):
     assert "no checkpoint in" in capsys.readouterr().err
     assert cli.main(["eval", f"--checkpoint_dir={run_dir}", "--gin.ImpModel.d_model=48"]) == 2
     err = capsys.readouterr().err
-    assert "does not match the configured model: parameter" in err and "(32" in err and "(48" in err
+    assert "does not match the configured model: params/" in err
+    assert "(32" in err and "(48" in err
     assert (
         cli.main(["eval", f"--checkpoint_dir={run_dir}", "--evaluations=zero_shot,retreival"]) == 2
     )
     assert "unknown evaluation 'retreival'; did you mean retrieval" in capsys.readouterr().err
 
 
-def test_prompt_ensembling_averages_normalised_prompt_embeddings(run_dir):
-    import jax
-    import seqio
-
-    from imp import config
-    from imp.evaluation import evaluator
-    from imp.tasks import registry
-
-    config.parse([str(run_dir / "config.gin")], [])  # the run's model, whatever ran before
-    from imp.training import train_state
-    from imp.training.checkpoint import Checkpointer
-    from imp.training.optimizer import make_optimizer
-
-    spec = registry.spec("digit_images_text")
-    model = loop.model_for({s.name: s for s, _ in registry.resolve("demo_all")})
-    tx, _ = make_optimizer(30)
+@pytest.mark.parametrize("height", [136, 256])
+def test_eval_past_the_position_tables_stops_before_compiling(run_dir, tmp_path, height, capsys):
+    """136 / 8 = 17 tubelets > the 16-row table (a lookup past it reads NaN, and NaN scores
+    would rank every positive first); 256 used to run the machine out of memory."""
     from imp.partitioning.partitioner import Partitioner
 
-    shardings = train_state.state_shardings(model, tx, Partitioner())
-    state, _ = Checkpointer(run_dir / "checkpoints", read_only=True).restore(
-        30, train_state.abstract(shardings, model, tx)
-    )
-    got = evaluator.class_embeddings(model, state["params"], spec)
-    vocabulary = seqio.get_mixture_or_task(spec.name).output_features["text"].vocabulary
-    expected = []
-    for prompts in spec.class_prompts:
-        rows = []
-        for prompt in prompts:
-            ids = np.zeros((1, spec.text_length), np.int32)
-            tokens = vocabulary.encode(prompt)[: spec.text_length]
-            ids[0, : len(tokens)] = tokens
-            out = model.apply({"params": state["params"]}, {"text": jax.numpy.asarray(ids)})
-            rows.append(np.asarray(out["embedding/text"][0]))
-        mean = np.mean([r / np.linalg.norm(r) for r in rows], axis=0)
-        expected.append(mean / np.linalg.norm(mean))
-    np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
-
-
-def test_periodic_evaluation_keeps_the_best_checkpoint(tmp_path, run_config):
-    run_config(
-        tmp_path,
-        6,
-        "train.evaluate_at_end = False",
-        "train.eval_every = 3",
-        "train.best_metric = 'digit_videos_cls/top1'",
-        "train.end_evaluations = ('classification',)",
-    )
-    loop.train()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
-    evals = [r for r in records if r["task"] == "eval/digit_videos_cls"]
-    assert [r["step"] for r in evals] == [3, 6] and all("top1" in r for r in evals)
-    best_step = 3 if evals[0]["top1"] >= evals[1]["top1"] else 6
-    assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [str(best_step)]
+    compiles = []
+    real = Partitioner.compile
+    argv = ["eval", f"--checkpoint_dir={run_dir}", f"--out={tmp_path}"]
+    argv += [f"--gin.Dataset.eval_height={height}"]
+    try:
+        Partitioner.compile = lambda *a, **k: compiles.append(a) or real(*a, **k)
+        assert cli.main(argv) == 2
+    finally:
+        Partitioner.compile = real
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "evaluation input (Dataset.eval_height / eval_width): vision frames x height x " in err
+    assert f"x{height}x32 makes a grid of" in err
+    assert "larger than the position tables ImpModel.vision_max_grid=(8, 16, 16)" in err
+    assert not compiles and not list(tmp_path.iterdir())
 
 
 def test_eval_at_another_resolution_with_several_clips(run_dir, tmp_path, capsys):
@@ -180,3 +226,35 @@ def test_eval_at_another_resolution_with_several_clips(run_dir, tmp_path, capsys
     assert summary["inputs"]["digit_images_cls"] == {"vision": [3, 1, 48, 48, 3]}
     assert {"top1", "top5"} <= set(summary["tasks"]["digit_videos_cls"])
     assert np.isfinite(summary["tasks"]["digit_images_text"]["zero_shot_top1/vision"]["value"])
+
+
+def test_periodic_evaluation_keeps_the_best_checkpoint_across_a_resume(tmp_path, run_config):
+    """The best value is saved with its checkpoint and read back: a resumed run replaces the
+    best only when it beats the value from before the restart."""
+    periodic = (
+        "train.evaluate_at_end = False",
+        "train.eval_every = 3",
+        "train.best_metric = 'digit_videos_cls/top1'",
+        "train.end_evaluations = ('classification',)",
+    )
+    loop.train(*run_config(tmp_path, 6, *periodic))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    evals = [r for r in records if r["task"] == "eval/digit_videos_cls"]
+    assert [r["step"] for r in evals] == [3, 6] and all("top1" in r for r in evals)
+    best_step = 3 if evals[0]["top1"] >= evals[1]["top1"] else 6
+    best = tmp_path / "best"
+    assert [p.name for p in best.iterdir() if p.name.isdigit()] == [str(best_step)]
+
+    before = max(r["top1"] for r in evals)
+    loop.train(*run_config(tmp_path, 9, *periodic))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    last = [r["top1"] for r in records if r["task"] == "eval/digit_videos_cls" and r["step"] == 9]
+    expected = 9 if last[0] > before else best_step
+    assert [p.name for p in best.iterdir() if p.name.isdigit()] == [str(expected)]
+
+    from imp.errors import ImpError
+    from imp.training.checkpoint import BestCheckpoint
+
+    assert BestCheckpoint(best, "digit_videos_cls/top1").value == max(before, last[0])
+    with pytest.raises(ImpError, match="keeps the best checkpoint by 'digit_videos_cls/top1'"):
+        BestCheckpoint(best, "digit_videos_cls/top5")

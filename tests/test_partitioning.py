@@ -1,9 +1,11 @@
 """Sharded training equals the 1-device run: meshes on 8 virtual CPU devices, expert
 parallelism, 2 processes x 4 devices, and checkpoints restored onto other meshes.
 
-Each run is `tests/partitioning_worker.py` in a subprocess with its own device count.
+`tests/partitioning_worker.py` runs in one subprocess per device count (and per process for
+the 2-host run), each training on several meshes; the three start together.
 """
 
+import json
 import socket
 import subprocess
 import sys
@@ -11,129 +13,120 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WORLD_IMAGES
-
-from imp import cli
 
 WORKER = Path(__file__).with_name("partitioning_worker.py")
-# Adam divides by sqrt(v): after 3 steps at lr 1e-2, float reassociation across shards moves
-# near-zero-gradient parameters by up to ~1e-3; losses agree far tighter.
+# First-step gradients agree up to float32 reassociation across shards (scatter-adds into the
+# embedding table: ~1e-6 on values ~1e-3); a sum where a mean belongs, or the reverse, would be
+# off by the shard count.
+GRAD_RTOL, GRAD_ATOL = 1e-3, 1e-3  # atol relative to each leaf's largest gradient
+# Adam divides by sqrt(v): after 3 steps at lr 1e-2, reassociation moves near-zero-gradient
+# parameters by up to ~1e-3. Losses and gradients are the tight checks.
 PARAM_ATOL = 2e-3
 
 
-def _run(tmp_path, name, *args, processes=1):
-    out = tmp_path / f"{name}.npz"
+def _start(out, devices, runs, processes=1):
+    argv = [sys.executable, WORKER, "--out", out, "--devices", str(devices)]
+    argv += ["--runs", json.dumps(runs)]
     if processes == 1:
-        subprocess.run(
-            [sys.executable, WORKER, "--out", out, *args],
-            check=True,
-            capture_output=True,
-            timeout=300,
+        return [subprocess.Popen(argv, stderr=subprocess.PIPE)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        subprocess.Popen(
+            [*argv, "--num_processes", str(processes), "--process_id", str(i), "--port", str(port)],
+            stderr=subprocess.PIPE,
         )
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    WORKER,
-                    "--out",
-                    out,
-                    *args,
-                    "--num_processes",
-                    str(processes),
-                    "--process_id",
-                    str(i),
-                    "--port",
-                    str(port),
-                ],
-                stderr=subprocess.PIPE,
-            )
-            for i in range(processes)
-        ]
-        for p in procs:
-            _, err = p.communicate(timeout=300)
-            assert p.returncode == 0, err.decode()[-2000:]
-    data = np.load(out)
-    return {
-        "losses": data["losses"],
-        "specs": eval(str(data["specs"])),
-        "extra": eval(str(data["extra"])),
-        "params": {k[5:]: data[k] for k in data.files if k.startswith("param")},
-    }
+        for i in range(processes)
+    ]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("partitioning")
-    return {
-        "single": _run(tmp, "single", "--devices", "1"),
-        (8, 1): _run(tmp, "8x1", "--devices", "8", "--mesh", "1,8,1"),
-        (4, 2): _run(
-            tmp, "4x2", "--devices", "8", "--mesh", "1,4,2", "--save_checkpoint", str(tmp / "ckpt")
+    ckpt = str(tmp / "ckpt")
+    workers = {
+        "one": _start(
+            tmp / "one.json",
+            1,
+            [
+                {"name": "single", "mesh": [1, 1, 1]},
+                {"name": "moe_single", "mesh": [1, 1, 1], "moe": True},
+            ],
         ),
-        (2, 4): _run(tmp, "2x4", "--devices", "8", "--mesh", "1,2,4"),
-        "moe_single": _run(tmp, "moe1", "--devices", "1", "--moe"),
-        "moe_experts": _run(tmp, "moe8", "--devices", "8", "--mesh", "2,4,1", "--moe"),
-        "two_hosts": _run(tmp, "hosts", "--devices", "4", "--mesh", "1,8,1", processes=2),
-        "restored_2x2": _run(
-            tmp,
-            "r4",
-            "--devices",
-            "4",
-            "--mesh",
-            "1,2,2",
-            "--restore_checkpoint",
-            str(tmp / "ckpt"),
+        "eight": _start(
+            tmp / "eight.json",
+            8,
+            [
+                {"name": "8x1", "mesh": [1, 8, 1]},
+                {"name": "4x2", "mesh": [1, 4, 2], "save": ckpt},
+                {"name": "2x4", "mesh": [1, 2, 4]},
+                {"name": "moe_experts", "mesh": [2, 4, 1], "moe": True},
+                {"name": "restored_2x2", "mesh": [1, 2, 2], "devices": 4, "restore": ckpt},
+                {"name": "restored_1", "mesh": [1, 1, 1], "devices": 1, "restore": ckpt},
+            ],
         ),
-        "restored_1": _run(tmp, "r1", "--devices", "1", "--restore_checkpoint", str(tmp / "ckpt")),
+        "hosts": _start(tmp / "hosts.json", 4, [{"name": "two_hosts", "mesh": [1, 8, 1]}], 2),
     }
+    results = {"_imports": {}}
+    for name, processes in workers.items():
+        for p in processes:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err.decode()[-3000:]
+        result = json.loads((tmp / f"{name}.json").read_text())
+        results["_imports"][name] = result.pop("_imports")
+        results.update(result)
+    return results
 
 
-def _assert_same(a, b, atol=PARAM_ATOL):
-    assert a["params"].keys() == b["params"].keys()
-    for key in a["params"]:
-        np.testing.assert_allclose(a["params"][key], b["params"][key], atol=atol, err_msg=key)
+def _assert_close(a: dict, b: dict, rtol=0.0, atol=0.0, scaled=False):
+    """Leaf by leaf; with `scaled`, `atol` is relative to the leaf's largest magnitude."""
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = np.asarray(a[key]), np.asarray(b[key])
+        tolerance = atol * np.abs(y).max() if scaled else atol
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=tolerance, err_msg=key)
 
 
-@pytest.mark.parametrize("mesh", [(8, 1), (4, 2), (2, 4), "two_hosts"])
+@pytest.mark.parametrize("mesh", ["8x1", "4x2", "2x4", "two_hosts"])
 def test_meshes_match_one_device(runs, mesh):
     np.testing.assert_allclose(runs[mesh]["losses"], runs["single"]["losses"], rtol=1e-5)
-    _assert_same(runs[mesh], runs["single"])
+    _assert_close(
+        runs[mesh]["grads"], runs["single"]["grads"], rtol=GRAD_RTOL, atol=GRAD_ATOL, scaled=True
+    )
+    _assert_close(runs[mesh]["params"], runs["single"]["params"], atol=PARAM_ATOL)
 
 
 def test_expert_parallel_moe_matches_one_device_and_uses_all_to_all(runs):
-    np.testing.assert_allclose(
-        runs["moe_experts"]["losses"], runs["moe_single"]["losses"], rtol=1e-5
-    )
-    _assert_same(runs["moe_experts"], runs["moe_single"])
-    assert runs["moe_experts"]["extra"]["all_to_all"]
-    assert not runs["moe_single"]["extra"]["all_to_all"]
+    sharded, single = runs["moe_experts"], runs["moe_single"]
+    np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-5)
+    _assert_close(sharded["grads"], single["grads"], rtol=GRAD_RTOL, atol=GRAD_ATOL, scaled=True)
+    _assert_close(sharded["params"], single["params"], atol=PARAM_ATOL)
+    assert sharded["extra"]["all_to_all"]
+    assert not single["extra"]["all_to_all"]
     wi = "['encoder']['segment_0']['moe_1']['moe']['wi']"
-    assert runs["moe_experts"]["specs"][wi] == "P(None, 'expert', None, 'model')"
+    assert sharded["specs"][wi] == "P(None, 'expert', None, 'model')"
 
 
 @pytest.mark.parametrize(
     "param, spec",
     [
-        ("['encoder']['segment_0']['dense_0']['mlp']['wi']['kernel']", "P(None, None, 'model')"),
-        ("['encoder']['segment_0']['dense_0']['mlp']['wo']['kernel']", "P(None, 'model', None)"),
+        ("['encoder']['segment_0']['dense_0']['mlp']['wi']['kernel']", "(None, None, 'model')"),
+        ("['encoder']['segment_0']['dense_0']['mlp']['wo']['kernel']", "(None, 'model', None)"),
         (
             "['encoder']['segment_0']['dense_0']['attention']['qkv_kernel']",
-            "P(None, None, None, 'model', None)",
+            "(None, None, None, 'model', None)",
         ),
-        ("['embedders_text']['embedding']", "P('model', None)"),
-        ("['embedders_vision']['pos']['axis_0']", "P(None, None)"),
+        ("['embedders_text']['embedding']", "('model', None)"),
+        ("['embedders_vision']['pos']['axis_0']", "(None, None)"),
     ],
 )
 def test_parameter_shardings_follow_the_rules(runs, param, spec):
-    assert runs[(2, 4)]["specs"][param] == spec
+    assert runs["2x4"]["specs"][param] == f"P{spec}"
 
 
 def test_activation_constraints_reach_the_lowered_step(runs):
-    lines = runs[(2, 4)]["extra"]["constraint_axes"]
+    lines = runs["2x4"]["extra"]["constraint_axes"]
     assert any('[{"expert", "data"}, {}, {"model"}]' in line for line in lines)  # MLP hidden
     # attention output [batch, heads, length, kv]: heads on `model`
     assert any('[{"expert", "data"}, {"model"}, {}, {}]' in line for line in lines)
@@ -141,27 +134,8 @@ def test_activation_constraints_reach_the_lowered_step(runs):
 
 @pytest.mark.parametrize("target", ["restored_2x2", "restored_1"])
 def test_checkpoint_restores_onto_another_mesh(runs, target):
-    _assert_same(runs[target], runs[(4, 2)], atol=0)
+    _assert_close(runs[target]["params"], runs["4x2"]["params"], atol=0)
 
 
-@pytest.mark.parametrize(
-    "flag, culprit",
-    [
-        ("--gin.Partitioner.num_partitions=3", "does not divide the 1 devices"),
-        (
-            "--gin.Partitioner.logical_axis_rules=[('batch', 'data'), ('mlp', 'modle')]",
-            "names mesh axis 'modle'",
-        ),
-        ("--gin.Partitioner.logical_axis_rules=[('batch', 'data')]", "has no rule"),
-    ],
-)
-def test_bad_mesh_is_a_clear_error(flag, culprit, tmp_path, world_dir, capsys):
-    argv = [
-        "train",
-        f"--gin.MODEL_DIR={tmp_path}",
-        f"--gin.prepare_demo.data_dir={world_dir}",
-        f"--gin.prepare_demo.num_images={WORLD_IMAGES}",
-        flag,
-    ]
-    assert cli.main(argv) == 2
-    assert culprit in capsys.readouterr().err
+def test_the_train_step_imports_no_tensorflow(runs):
+    assert runs["_imports"] == dict.fromkeys(["one", "eight", "hosts"], {"tensorflow": False})

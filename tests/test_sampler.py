@@ -88,5 +88,5 @@ def test_rejects_non_positive_or_missing_rates(rates):
 def test_unknown_schedule_and_missing_weights():
     with pytest.raises(ImpError, match="unknown schedule 'round_robbin'; did you mean round_robin"):
         Sampler("round_robbin", NAMES, RATES, 10)
-    with pytest.raises(ImpError, match=r"make_sampler.weights for \['c', 'd'\]"):
+    with pytest.raises(ImpError, match=r"Schedule.weights for \['c', 'd'\]"):
         Sampler("weighted", NAMES, RATES, 10, weights={"a": 1, "b": 1})

@@ -9,9 +9,15 @@ import optax
 import pytest
 
 from imp.modeling.model import ImpModel, init_variables
-from imp.tasks.registry import TaskSpec
+from imp.tasks.spec import TaskSpec
 from imp.training.optimizer import make_optimizer
-from imp.training.step import make_apply_step, make_grad_step, make_train_step, task_loss
+from imp.training.step import (
+    TaskLoss,
+    make_apply_step,
+    make_grad_step,
+    make_gradient_similarity,
+    make_train_step,
+)
 
 MODEL = ImpModel(
     heads=(("a", 3), ("b", 4)),
@@ -26,6 +32,7 @@ MODEL = ImpModel(
 )
 TASK_A = TaskSpec("task_a", "a", "softmax", ("vision",), 10, 4, class_names=("x", "y", "z"))
 TASK_B = TaskSpec("task_b", "b", "softmax", ("vision",), 10, 4, class_names=tuple("pqrs"))
+LOSS = TaskLoss()
 
 
 def _batch(seed, classes):
@@ -41,8 +48,8 @@ def test_other_heads_and_their_adam_state(freeze):
     tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
     params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    step_a = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], freeze))
-    step_b = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_B], freeze))
+    step_a = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], LOSS, freeze))
+    step_b = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_B], LOSS, freeze))
     state, _ = step_b(state, {"task_b": _batch(0, 4)}, jax.random.key(0))  # head b momentum
     before = jax.tree.map(np.asarray, state)
     state, _ = step_a(state, {"task_a": _batch(1, 3)}, jax.random.key(1))
@@ -96,9 +103,7 @@ def test_summed_and_accumulated_equal_a_hand_summed_update():
 
     grads = [
         jax.grad(
-            lambda p, t=t, i=i: task_loss(MODEL, t, p, batches[t.name], jax.random.fold_in(rng, i))[
-                0
-            ]
+            lambda p, t=t, i=i: LOSS(MODEL, t, p, batches[t.name], jax.random.fold_in(rng, i))[0]
         )(state["params"])
         for i, t in enumerate((TASK_A, TASK_B))
     ]
@@ -106,13 +111,13 @@ def test_summed_and_accumulated_equal_a_hand_summed_update():
     updates, _ = tx.update(total, state["opt_state"], state["params"])
     reference = optax.apply_updates(state["params"], updates)
 
-    summed, _ = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A, TASK_B]))(
+    summed, _ = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A, TASK_B], LOSS))(
         _fresh_state(tx), batches, rng
     )
     _assert_trees_close(summed["params"], reference, rtol=1e-5, atol=1e-6)
 
-    grad_a = jax.jit(make_grad_step(MODEL, TASK_A))
-    grad_b = jax.jit(make_grad_step(MODEL, TASK_B))
+    grad_a = jax.jit(make_grad_step(MODEL, TASK_A, LOSS))
+    grad_b = jax.jit(make_grad_step(MODEL, TASK_B, LOSS))
     fresh = _fresh_state(tx)
     accumulated_grads = jax.tree.map(
         jnp.add,
@@ -131,7 +136,7 @@ def test_non_finite_step_changes_nothing_but_the_counter():
     before = jax.tree.map(np.asarray, state)
     batch = _batch(1, 3)
     batch["vision"] = batch["vision"].at[0, 0, 0, 0, 0].set(jnp.nan)
-    after, metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(
+    after, metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], LOSS))(
         state, {"task_a": batch}, jax.random.key(0)
     )
     assert bool(metrics["skipped"]) and int(after["step"]) == 1
@@ -146,9 +151,11 @@ def test_task_lr_multiplier_scales_the_update():
     batches = {"task_a": _batch(1, 3)}
     rng = jax.random.key(0)
     start = jax.tree.map(np.asarray, _fresh_state(tx))
-    one, _ = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(_fresh_state(tx), batches, rng)
+    one, _ = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], LOSS))(
+        _fresh_state(tx), batches, rng
+    )
     half_task = dataclasses.replace(TASK_A, lr_multiplier=0.5)
-    half, _ = jax.jit(make_train_step(MODEL, tx, schedule, [half_task]))(
+    half, _ = jax.jit(make_train_step(MODEL, tx, schedule, [half_task], LOSS))(
         _fresh_state(tx), batches, rng
     )
     delta = lambda s: jax.tree.map(lambda x, y: np.asarray(x) - y, s["params"], start["params"])  # noqa: E731
@@ -157,23 +164,73 @@ def test_task_lr_multiplier_scales_the_update():
     )
 
 
-def test_bfloat16_compute_keeps_float32_parameters():
-    import gin
-
+def test_bfloat16_compute_runs_the_model_in_bfloat16_and_keeps_float32_parameters():
+    """The model's matmuls run in bfloat16 (seen in the traced step), parameters and loss stay
+    float32, and the result is close to, but not the same as, the float32 step's."""
     tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
     batches = {"task_a": _batch(1, 3)}
-    reference, ref_metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(
-        _fresh_state(tx), batches, jax.random.key(0)
+    steps = {
+        dtype: make_train_step(MODEL, tx, schedule, [TASK_A], TaskLoss(compute_dtype=dtype))
+        for dtype in ("float32", "bfloat16")
+    }
+    dots = {
+        dtype: [
+            str(eqn.outvars[0].aval.dtype)
+            for eqn in jax.make_jaxpr(step)(_fresh_state(tx), batches, jax.random.key(0)).eqns
+            for eqn in _all_eqns(eqn)
+            if eqn.primitive.name == "dot_general"
+        ]
+        for dtype, step in steps.items()
+    }
+    assert dots["float32"] and set(dots["float32"]) == {"float32"}
+    assert dots["bfloat16"].count("bfloat16") > len(dots["bfloat16"]) // 2
+    (reference, ref_metrics), (state, metrics) = (
+        jax.jit(steps[d])(_fresh_state(tx), batches, jax.random.key(0))
+        for d in ("float32", "bfloat16")
     )
-    with gin.config_scope(None):
-        gin.bind_parameter("task_loss.compute_dtype", "bfloat16")
-        try:
-            state, metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A]))(
-                _fresh_state(tx), batches, jax.random.key(0)
-            )
-        finally:
-            gin.clear_config()
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state["params"]))
     assert metrics["loss"].dtype == jnp.float32
+    assert metrics["loss"] != ref_metrics["loss"]  # bfloat16 rounding shows
     np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=2e-2)
     _assert_trees_close(state["params"], reference["params"], rtol=0.1, atol=2e-3)
+
+
+def _all_eqns(eqn):
+    """`eqn` and the equations of every jaxpr nested in it (scan bodies, remat, pjit)."""
+    yield eqn
+    for param in eqn.params.values():
+        inner = getattr(param, "jaxpr", param)
+        for sub in getattr(inner, "eqns", []):
+            yield from _all_eqns(sub)
+
+
+def test_loss_weight_scales_the_gradient_not_the_reported_loss():
+    import dataclasses
+
+    params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
+    batch, rng = _batch(1, 3), jax.random.key(0)
+    double = dataclasses.replace(TASK_A, loss_weight=2.0)
+    (one, m_one), g_one = jax.value_and_grad(
+        lambda p: LOSS(MODEL, TASK_A, p, batch, rng), has_aux=True
+    )(params)
+    (two, m_two), g_two = jax.value_and_grad(
+        lambda p: LOSS(MODEL, double, p, batch, rng), has_aux=True
+    )(params)
+    assert float(two) == pytest.approx(2 * float(one), rel=1e-6)
+    assert float(m_two["loss"]) == pytest.approx(float(m_one["loss"]), rel=1e-6)
+    _assert_trees_close(g_two, jax.tree.map(lambda g: 2 * g, g_one), rtol=1e-5, atol=1e-8)
+
+
+def test_gradient_similarity_is_the_cosine_of_encoder_gradients():
+    params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
+    batches = {"task_a": _batch(1, 3), "task_b": _batch(2, 4)}
+    rng = jax.random.key(5)
+    got = np.asarray(make_gradient_similarity(MODEL, [TASK_A, TASK_B], LOSS)(params, batches, rng))
+    flat = []
+    for task in (TASK_A, TASK_B):
+        grads = jax.grad(lambda p, t=task: LOSS(MODEL, t, p, batches[t.name], rng)[0])(params)
+        flat.append(np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads["encoder"])]))
+    a, b = flat
+    cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    np.testing.assert_allclose(got, [[1.0, cosine], [cosine, 1.0]], rtol=1e-4, atol=1e-6)
+    assert abs(cosine) < 0.999  # two different tasks: not trivially aligned

@@ -1,12 +1,23 @@
-"""End-to-end runs of the AGD loop on a small demo world and a tiny model."""
+"""End-to-end runs of the AGD loop on a small demo world and a tiny model: outputs, exact resume,
+SIGTERM, damaged and mismatched checkpoints, skipped steps, every schedule."""
 
 import json
+import os
+import signal
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import configure_run, experiment_of
 
+from imp.data.feeding import TrainStreams
+from imp.errors import ImpError
 from imp.training import loop
+from imp.training.optimizer import make_optimizer
+
+# Every run of this file: no evaluation at the end, a checkpoint every 10 steps.
+SAME = ["train.evaluate_at_end = False", "train.checkpoint_every = 10"]
 
 
 def _records(run_dir):
@@ -20,15 +31,30 @@ def _params(run_dir, step):
     return restored["state"]["params"]
 
 
-def test_run_writes_outputs(tmp_path, run_config):
-    run_config(tmp_path, 12, "train.evaluate_at_end = False")
-    summary = loop.train()
+def _snapshot(path):
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in path.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, world_dir):
+    """20 steps in one go, with the encoder-gradient similarity logged after the last one (it
+    draws a batch of every task, so earlier it would change the batches of later steps)."""
+    out = tmp_path_factory.mktemp("straight")
+    experiment, options = configure_run(
+        world_dir, out, 20, *SAME, "train.gradient_similarity_every = 20"
+    )
+    return out, loop.train(experiment, options)
+
+
+def test_run_writes_outputs(straight):
+    run_dir, summary = straight
     for path in ["config.gin", "metrics.jsonl", "report/summary.json", "report/loss_per_task.png"]:
-        assert (tmp_path / path).is_file(), path
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert (tmp_path / "checkpoints" / "12").is_dir()
-    records = _records(tmp_path)
-    assert [r["step"] for r in records] == list(range(1, 13))
+        assert (run_dir / path).is_file(), path
+    assert (run_dir / "report" / "gradient_similarity.png").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "20"]
+    records = [r for r in _records(run_dir) if r["task"] != "gradient_similarity"]
+    assert [r["step"] for r in records] == list(range(1, 21))
     assert {"step", "task", "loss", "step_seconds", "compiled"} <= set(records[0])
     # One compile per task the sampler drew, flagged on its first step only.
     first_steps = {}
@@ -36,110 +62,137 @@ def test_run_writes_outputs(tmp_path, run_config):
         first_steps.setdefault(r["task"], r["step"])
     assert [r["step"] for r in records if r["compiled"]] == sorted(first_steps.values())
     assert {t: s["compiles"] for t, s in summary["tasks"].items()} == dict.fromkeys(first_steps, 1)
-    assert "TRAIN_STEPS = 12" in (tmp_path / "config.gin").read_text()
+    config = (run_dir / "config.gin").read_text()
+    assert "TRAIN_STEPS = 20" in config and "ImpModel.d_model = 32" in config
+    assert "Experiment.train_steps = %TRAIN_STEPS" in config
+    similarity = [r for r in _records(run_dir) if r["task"] == "gradient_similarity"]
+    assert [r["step"] for r in similarity] == [20]
+    matrix = np.asarray(similarity[0]["matrix"])
+    np.testing.assert_allclose(np.diag(matrix), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(matrix, matrix.T, rtol=1e-5)
 
 
-SAME = ["train.evaluate_at_end = False", "make_optimizer.decay_steps = 1000"]
+def test_learning_rate_follows_warmup_then_cosine(straight):
+    """The logged rate is the schedule's at the step's start: linear warm-up over 50 steps to
+    1e-3 (runs/demo.gin), then a cosine to 0 at step 1000 (decay_steps, conftest)."""
+    run_dir, _ = straight
+    logged = {r["step"]: r["learning_rate"] for r in _records(run_dir) if "learning_rate" in r}
+    expected = {s: 1e-3 * (s - 1) / 50 for s in logged}
+    steps = sorted(logged)
+    np.testing.assert_allclose([logged[s] for s in steps], [expected[s] for s in steps], rtol=1e-5)
+    _, schedule = make_optimizer(1000, learning_rate=1e-3, warmup_steps=50)
+    for t in (0, 25, 50, 300, 525, 999):
+        cosine = 0.5 * (1 + np.cos(np.pi * (t - 50) / 950))
+        want = 1e-3 * t / 50 if t < 50 else 1e-3 * cosine
+        assert float(schedule(t)) == pytest.approx(want, rel=1e-5, abs=1e-9), t
 
 
-def _assert_same_run(straight, resumed, steps):
+def _assert_same_run(straight_dir, resumed, steps):
     """Same tasks, batches (losses) and parameters. CPU XLA is deterministic, but a restored
-    state goes through a save/load and a fresh compile: allow float32 rounding."""
-    a, b = _records(straight), _records(resumed)
-    assert [r["step"] for r in b if r["step"] <= steps][-1] == steps
-    last = {r["step"]: r for r in b}  # a re-run step's later record wins
-    assert [r["task"] for r in a] == [last[r["step"]]["task"] for r in a]
-    np.testing.assert_allclose(
-        [r["loss"] for r in a], [last[r["step"]]["loss"] for r in a], rtol=1e-5
-    )
+    state goes through a save/load and a fresh compile: allow float32 rounding. Every step
+    appears once in the resumed run's metrics."""
+    a = [r for r in _records(straight_dir) if r["task"] != "gradient_similarity"]
+    a = [r for r in a if r["step"] <= steps]
+    b = _records(resumed)
+    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    assert [r["task"] for r in a] == [r["task"] for r in b]
+    np.testing.assert_allclose([r["loss"] for r in a], [r["loss"] for r in b], rtol=1e-5)
     for x, y in zip(
-        jax_leaves(_params(straight, steps)), jax_leaves(_params(resumed, steps)), strict=True
+        jax.tree.leaves(_params(straight_dir, steps)),
+        jax.tree.leaves(_params(resumed, steps)),
+        strict=True,
     ):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_resume_continues_exactly(tmp_path, run_config):
+def test_resume_continues_exactly(straight, tmp_path, run_config):
     """20 straight steps == 10 steps, save, restore, 10 more."""
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_config(straight, 20, *SAME)
-    loop.train()
-    run_config(resumed, 10, *SAME)
-    loop.train()
-    run_config(resumed, 20, *SAME)
-    loop.train()
-    assert [r["step"] for r in _records(resumed)] == list(range(1, 21))  # resumed, not restarted
-    _assert_same_run(straight, resumed, 20)
+    resumed = tmp_path / "resumed"
+    loop.train(*run_config(resumed, 10, *SAME))
+    loop.train(*run_config(resumed, 20, *SAME))
+    _assert_same_run(straight[0], resumed, 20)
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, run_config, caplog):
-    straight, damaged = tmp_path / "straight", tmp_path / "damaged"
-    run_config(straight, 10, *SAME)
-    loop.train()
-    run_config(damaged, 10, *SAME, "train.checkpoint_every = 5")
-    loop.train()
-    for path in (damaged / "checkpoints" / "10").rglob("*"):
+def test_sigterm_saves_and_resumes_to_the_same_result(straight, tmp_path, run_config, monkeypatch):
+    """SIGTERM during step 7: the step finishes, step 7 is saved, the run returns; resuming
+    to step 20 gives what the straight run gave."""
+    next_batch, calls = TrainStreams.next, {"n": 0}
+
+    def signalled(self, name):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return next_batch(self, name)
+
+    monkeypatch.setattr(TrainStreams, "next", signalled)
+    run_dir = tmp_path / "stopped"
+    loop.train(*run_config(run_dir, 20, *SAME))
+    assert [r["step"] for r in _records(run_dir)] == list(range(1, 8))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["7"]
+    monkeypatch.setattr(TrainStreams, "next", next_batch)
+    loop.train(*run_config(run_dir, 20, *SAME))
+    _assert_same_run(straight[0], run_dir, 20)
+
+
+def test_damaged_checkpoint_is_set_aside_and_steps_run_again(
+    straight, tmp_path, run_config, caplog
+):
+    damaged = tmp_path / "damaged"
+    loop.train(*run_config(damaged, 15, *SAME, "train.checkpoint_every = 5"))
+    for path in (damaged / "checkpoints" / "15").rglob("*"):
         if path.is_file():
             path.write_bytes(b"")
-    run_config(damaged, 10, *SAME, "train.checkpoint_every = 5")
-    loop.train()
-    assert "checkpoint at step 10" in caplog.text and "unreadable" in caplog.text
-    steps = [r["step"] for r in _records(damaged)]
-    assert steps == list(range(1, 11)) + list(range(6, 11))  # steps 6-10 ran again
-    _assert_same_run(straight, damaged, 10)
+    loop.train(*run_config(damaged, 20, *SAME))
+    assert "checkpoint at step 15" in caplog.text and "unreadable" in caplog.text
+    names = sorted(p.name for p in (damaged / "checkpoints").iterdir())
+    assert "10" in names and any(n.startswith("15.unreadable-") for n in names)
+    # Steps 11-15 ran again; their first records moved aside, none is counted twice.
+    superseded = [json.loads(line) for line in (damaged / "metrics.superseded.jsonl").open()]
+    assert [r["step"] for r in superseded] == list(range(11, 16))
+    _assert_same_run(straight[0], damaged, 20)
 
 
-def test_sigterm_saves_and_resumes_to_the_same_result(tmp_path, world_dir):
-    """`imp train` in a subprocess gets SIGTERM mid-run, saves and exits 0; resuming to step
-    k + 5 gives what a straight k + 5 step run gives."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_resume_with_another_model_stops_and_touches_nothing(straight, run_config):
+    run_dir, _ = straight
+    before = _snapshot(run_dir)
+    with pytest.raises(ImpError) as error:
+        loop.train(*run_config(run_dir, 30, *SAME, "ImpModel.d_model = 48"))
+    message = error.value.message
+    assert "does not match the configured model" in message
+    assert "params/" in message and "(32" in message and "(48" in message
+    assert _snapshot(run_dir) == before
 
-    from conftest import TINY, WORLD_IMAGES
 
-    def argv(model_dir, steps):
-        flags = [
-            f"MODEL_DIR='{model_dir}'",
-            f"TRAIN_STEPS={steps}",
-            f"prepare_demo.data_dir='{world_dir}'",
-            f"prepare_demo.num_images={WORLD_IMAGES}",
-            "prepare_demo.batch_size=8",
-            "train.progress_bar=False",
-            *SAME,
-            *TINY,
-        ]
-        return [sys.executable, "-m", "imp.cli", "train"] + [f"--gin_bindings={f}" for f in flags]
+def test_transient_read_errors_are_retried_then_reported_untouched(straight, monkeypatch):
+    from imp.training import checkpoint
 
-    resumed = tmp_path / "resumed"
-    process = subprocess.Popen(
-        argv(resumed, 1000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-        (resumed / "metrics.jsonl").exists() and len(_records(resumed)) >= 8
-    ):
-        time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr.decode()[-2000:]
-    assert b"SIGTERM received: saved step" in stderr
-    k = max(int(p.name) for p in (resumed / "checkpoints").iterdir() if p.name.isdigit())
-    assert 8 <= k < 1000
-    subprocess.run(argv(resumed, k + 5), check=True, capture_output=True, env=os.environ)
-    straight = tmp_path / "straight"
-    subprocess.run(argv(straight, k + 5), check=True, capture_output=True, env=os.environ)
-    _assert_same_run(straight, resumed, k + 5)
+    run_dir, _ = straight
+    experiment = experiment_of(run_dir)
+    checkpointer = checkpoint.Checkpointer(run_dir / "checkpoints", read_only=True)
+    real, failures = checkpointer.manager.restore, {"left": 2}
+    monkeypatch.setattr(checkpoint, "_RETRY_SECONDS", 0.0)
+
+    def flaky(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointer.manager, "restore", flaky)
+    step, _, meta = checkpointer.restore_latest(experiment.abstract_state)
+    assert step == 20 and "sampler" in meta  # two failures, then a read that worked
+    failures["left"] = 10
+    before = _snapshot(run_dir)
+    with pytest.raises(ImpError, match="after 3 attempts; nothing was changed"):
+        checkpointer.restore_latest(experiment.abstract_state)
+    assert _snapshot(run_dir) == before
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, run_config, caplog, monkeypatch):
     import jax.numpy as jnp
 
-    from imp.errors import ImpError
-
     poisoned_steps = {3}
-    next_batch = loop._Streams.next
+    next_batch = TrainStreams.next
     calls = {"n": 0}
 
     def poisoned(self, name):
@@ -149,9 +202,8 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, run_config, ca
             batch = {**batch, "vision": batch["vision"] * jnp.nan}
         return batch
 
-    monkeypatch.setattr(loop._Streams, "next", poisoned)
-    run_config(tmp_path / "once", 6, *SAME)
-    loop.train()
+    monkeypatch.setattr(TrainStreams, "next", poisoned)
+    loop.train(*run_config(tmp_path / "once", 6, *SAME))
     records = _records(tmp_path / "once")
     assert [r["skipped"] for r in records] == [False, False, True, False, False, False]
     assert "step 3: non-finite loss or gradient from" in caplog.text
@@ -159,39 +211,44 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, run_config, ca
 
     poisoned_steps.update(range(1, 100))
     calls["n"] = 0
-    run_config(tmp_path / "always", 20, *SAME, "train.max_bad_steps = 4")
     with pytest.raises(ImpError, match="4 steps in a row had a non-finite loss"):
-        loop.train()
+        loop.train(*run_config(tmp_path / "always", 20, *SAME, "train.max_bad_steps = 4"))
 
 
-@pytest.mark.parametrize("schedule", ["summed", "accumulated", "task_by_task", "loss_aware"])
-def test_every_schedule_trains(tmp_path, run_config, schedule):
-    run_config(tmp_path, 4, *SAME, f"make_sampler.schedule = '{schedule}'")
-    summary = loop.train()
+@pytest.mark.parametrize(
+    "schedule, per_step, graphs",
+    [("summed", 2, 1), ("accumulated", 2, 3), ("task_by_task", 1, 2), ("loss_aware", 1, None)],
+)
+def test_every_schedule_trains(tmp_path, run_config, schedule, per_step, graphs):
+    summary = loop.train(*run_config(tmp_path, 4, *SAME, f"Schedule.name = '{schedule}'"))
     records = _records(tmp_path)
-    per_step = 5 if schedule in ("summed", "accumulated") else 1
     assert len(records) == 4 * per_step
     assert all(np.isfinite(r["loss"]) for r in records)
-    assert summary["graphs"] == {"summed": 1, "accumulated": 6}.get(schedule, summary["graphs"])
+    drawn = {r["task"] for r in records}
+    # summed: one graph for both tasks; accumulated: a gradient graph per task and the update;
+    # AGD schedules: one graph per task drawn.
+    assert summary["graphs"] == (graphs if schedule in ("summed", "accumulated") else len(drawn))
+    if schedule == "task_by_task":  # blocks in proportion to the rates, 48 : 96 examples
+        assert [r["task"] for r in records] == ["digit_images_text"] + ["digit_videos_cls"] * 3
 
 
 def test_precompile_compiles_every_graph_before_step_one(tmp_path, run_config):
-    run_config(tmp_path, 6, *SAME, "train.precompile = True")
-    summary = loop.train()
-    assert summary["graphs"] == 5  # one per task of demo_all
+    summary = loop.train(*run_config(tmp_path, 3, *SAME, "train.precompile = True"))
+    assert summary["graphs"] == 2  # one per task of the pair, whichever the sampler draws
     assert not any(r["compiled"] for r in _records(tmp_path))
-
-
-def jax_leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
 
 
 @pytest.mark.slow
 def test_demo_model_learns_video_classification(tmp_path, run_config, full_world_dir):
     """The demo's tiny model, 300 steps of held-out-unseen digits: well above chance."""
-    run_config(tmp_path, 300, mixture="digit_videos_cls", data_dir=full_world_dir, tiny=False)
-    summary = loop.train()
+    summary = loop.train(
+        *run_config(tmp_path, 300, mixture="digit_videos_cls", data_dir=full_world_dir, tiny=False)
+    )
     video = summary["tasks"]["digit_videos_cls"]["heldout"]["top1"]
     assert video["value"] > 3 * video["chance"], video
+
+
+def test_optax_schedule_is_the_documented_one():
+    """`make_optimizer` without warm-up room: the warm-up is cut to fit the decay."""
+    _, schedule = make_optimizer(10, learning_rate=2.0, warmup_steps=100)
+    assert float(schedule(0)) == 0.0 and float(schedule(9)) == pytest.approx(2.0, rel=1e-6)

@@ -49,17 +49,16 @@ def tasks(args) -> tuple[list, object]:
 
 def run(args) -> common.Report:
     agd, mixed = tasks(args)
-    model = common.model(args.size)
-    useful = sum(common.tokens(t, model) for t in agd)
+    bench = common.Bench(common.experiment(common.model(args.size), [*agd, mixed]))
+    useful = sum(common.tokens(bench, t) for t in agd)
     rows = []
     agd_seconds, agd_peak = 0.0, 0
-    bench = common.Bench(model, [*agd, mixed])
     for spec in agd:
         times = bench.time_step((spec.name,), args.repeats)
         peak = common.peak_bytes(bench.entry(spec.name).memory)["peak_bytes"]
         agd_seconds += times["median_s"]
         agd_peak = max(agd_peak, peak)
-        rows.append(_row(f"AGD: {spec.name}", spec, model, times, peak))
+        rows.append(_row(f"AGD: {spec.name}", spec, bench, times, peak))
     rows.append(
         {
             "step": "AGD: one step of each",
@@ -73,7 +72,7 @@ def run(args) -> common.Report:
     )
     times = bench.time_step((mixed.name,), args.repeats)
     mixed_peak = common.peak_bytes(bench.entry(mixed.name).memory)["peak_bytes"]
-    rows.append(_row("mixed batch, padded", mixed, model, times, mixed_peak, useful))
+    rows.append(_row("mixed batch, padded", mixed, bench, times, mixed_peak, useful))
     speedup = (useful / agd_seconds) / rows[-1]["useful_tokens_per_s"]
     claims = [
         {
@@ -89,8 +88,8 @@ def run(args) -> common.Report:
     return common.Report("agd_vs_mixed", settings, rows, claims)
 
 
-def _row(label, spec, model, times, peak, useful=None) -> dict:
-    tokens = common.tokens(spec, model)
+def _row(label, spec, bench, times, peak, useful=None) -> dict:
+    tokens = common.tokens(bench, spec)
     useful = tokens if useful is None else useful
     return {
         "step": label,

@@ -15,9 +15,10 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from imp.experiment import Experiment
 from imp.modeling.model import ImpModel
 from imp.partitioning.partitioner import Partitioner
-from imp.tasks.registry import TaskSpec
+from imp.tasks.spec import TaskSpec
 from imp.training import train_state
 from imp.training.graph_table import Entry
 from imp.training.optimizer import make_optimizer
@@ -140,10 +141,6 @@ def task(
     )
 
 
-def heads_of(tasks: list[TaskSpec]) -> tuple[tuple[str, int], ...]:
-    return tuple((t.head, t.num_classes) for t in tasks if t.objective != "nce")
-
-
 def synthetic_batch(spec: TaskSpec, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs of the task's shapes (every text token present)."""
     rng = np.random.default_rng(seed)
@@ -165,25 +162,30 @@ def synthetic_batch(spec: TaskSpec, seed: int = 0) -> dict[str, np.ndarray]:
     return batch
 
 
-class Bench:
-    """Our train step (the loop's `Trainer`: graph table, AGD or summed steps, untouched
-    parameters kept) for `tasks` on `model`, over `partitioner`'s mesh."""
+def experiment(
+    model: ImpModel, tasks: list[TaskSpec], partitioner: Partitioner | None = None
+) -> Experiment:
+    """The synthetic tasks on `model`, validated like any run; Adam with a short warm-up."""
+    tx, learning_rate = make_optimizer(total_steps=10_000, warmup_steps=10)
+    return Experiment(
+        tasks=tuple(tasks),
+        model=model,
+        train_steps=10_000,
+        partitioner=partitioner,
+        tx=tx,
+        learning_rate=learning_rate,
+    )
 
-    def __init__(
-        self,
-        model: ImpModel,
-        tasks: list[TaskSpec],
-        partitioner: Partitioner | None = None,
-        seed: int = 0,
-    ):
-        self.partitioner = partitioner or Partitioner()
-        self.model = model
-        self.tx, schedule = make_optimizer(total_steps=10_000, warmup_steps=10)
-        self.shardings = train_state.state_shardings(model, self.tx, self.partitioner)
-        self.specs = {t.name: t for t in tasks}
-        self.trainer = Trainer(
-            model, self.tx, schedule, self.specs, self.partitioner, self.shardings
-        )
+
+class Bench:
+    """An experiment's train step (the loop's `Trainer`: graph table, AGD or summed steps,
+    untouched parameters kept) on synthetic batches of its tasks' shapes."""
+
+    def __init__(self, experiment: Experiment, seed: int = 0):
+        self.experiment = experiment
+        self.model, self.partitioner = experiment.model, experiment.partitioner
+        self.specs = experiment.specs
+        self.trainer = Trainer(experiment)
         self.rng = jax.random.key(seed)
         self._state = None
         self._batches: dict[str, dict] = {}
@@ -191,9 +193,8 @@ class Bench:
     @property
     def state(self):
         if self._state is None:
-            self._state = train_state.create(
-                self.model, self.tx, self.partitioner, self.rng, self.shardings
-            )
+            e = self.experiment
+            self._state = train_state.create(e.model, e.tx, e.partitioner, self.rng, e.shardings)
         return self._state
 
     def batch(self, name: str) -> dict:
@@ -202,13 +203,10 @@ class Bench:
             self._batches[name] = self.partitioner.shard_batch(host)
         return self._batches[name]
 
-    def abstract_state(self):
-        return train_state.abstract(self.shardings, self.model, self.tx)
-
     def compile_jobs(self, names: tuple[str, ...]) -> dict:
         """The graph-table jobs (key -> compile function) of a step over `names`, for an
         abstract state (nothing allocated)."""
-        state = self.abstract_state()
+        state = self.experiment.abstract_state
         batches = {n: self.batch(n) for n in names}
         return self.trainer.jobs(names, state, batches, self.rng)
 
@@ -247,21 +245,19 @@ def step_flops(model: ImpModel, spec: TaskSpec) -> float:
     """XLA's count of floating-point operations in one train step of `spec`, layers unrolled:
     the count of a scanned step holds the loop body once, not once per layer. Lowered only
     (XLA's pre-optimisation count)."""
-    unrolled = Bench(model.clone(scan_layers=False), [spec])
-    step = make_train_step(unrolled.model, unrolled.tx, unrolled.trainer.schedule, [spec])
+    unrolled = Bench(experiment(model.clone(scan_layers=False), [spec]))
+    e = unrolled.experiment
+    step = make_train_step(e.model, e.tx, e.learning_rate, [spec], e.loss)
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), unrolled.batch(spec.name)
     )
-    lowered = jax.jit(step).lower(unrolled.abstract_state(), {spec.name: batch}, unrolled.rng)
+    lowered = jax.jit(step).lower(e.abstract_state, {spec.name: batch}, unrolled.rng)
     return float(lowered.cost_analysis()["flops"])
 
 
-def tokens(spec: TaskSpec, model: ImpModel) -> int:
-    """Encoder tokens of one batch of `spec` on `model`."""
-    per_example = spec.tokens_per_example(
-        model.vision_patch, model.waveform_patch, model.spectrogram_patch
-    )
-    return spec.batch_size * sum(per_example.values())
+def tokens(bench: Bench, spec: TaskSpec) -> int:
+    """Encoder tokens of one batch of `spec`."""
+    return spec.batch_size * bench.experiment.tokens_per_example(spec)
 
 
 def mib(n: float) -> float:

@@ -82,8 +82,7 @@ def _compile_all(bench: common.Bench, names: list[str], threads: int) -> tuple[f
 def run(args) -> common.Report:
     specs = structures()[: args.structures]
     names = [s.name for s in specs]
-    model = common.model(args.size, heads=common.heads_of(specs))
-    bench = common.Bench(model, specs)
+    bench = common.Bench(common.experiment(common.model(args.size), specs))
     precompiled, _ = _compile_all(bench, names, threads=args.threads)
     options = (
         "jax_compilation_cache_dir",

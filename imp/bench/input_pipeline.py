@@ -11,24 +11,21 @@ import argparse
 
 from imp.bench import common
 from imp.data import inspect
-from imp.tasks import registry
-from imp.training import loop
+from imp.experiment import Experiment
 
 USES_GIN = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mixture", help="default: the configured train.mixture_or_task_name")
+    parser.add_argument("--mixture", help="default: the configured Experiment.mixture_or_task_name")
     parser.add_argument("--batches", type=int, default=20, help="pipeline batches timed per task")
 
 
 def run(args) -> common.Report:
-    bindings = loop.prepare_configured_data()
-    name = args.mixture or bindings["mixture_or_task_name"]
-    specs = {spec.name: spec for spec, _ in registry.resolve(name)}
-    bench = common.Bench(loop.model_for(specs), list(specs.values()))
+    experiment = Experiment.from_gin(mixture_or_task_name=args.mixture, writable=False)
+    bench = common.Bench(experiment)
     rows = []
-    for spec in specs.values():
+    for spec in experiment.tasks:
         pipeline = inspect.throughput(spec, batches=args.batches)
         step = bench.time_step((spec.name,), args.repeats)["median_s"]
         consumed = spec.batch_size / step
@@ -50,4 +47,5 @@ def run(args) -> common.Report:
             "verdict": "met" if slowest["headroom"] >= 1 else "not met",
         }
     ]
-    return common.Report("input_pipeline", {"mixture": name, "repeats": args.repeats}, rows, claims)
+    settings = {"tasks": len(experiment.tasks), "repeats": args.repeats}
+    return common.Report("input_pipeline", settings, rows, claims)

@@ -46,7 +46,7 @@ def _model(size: str, args, config: dict):
 
 
 def _measure(model, spec, repeats: int, partitioner=None) -> dict:
-    bench = common.Bench(model, [spec], partitioner)
+    bench = common.Bench(common.experiment(model, [spec], partitioner))
     times = bench.time_step((spec.name,), repeats)
     entry = bench.entry(spec.name)
     return {

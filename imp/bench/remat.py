@@ -31,7 +31,8 @@ def run(args) -> common.Report:
     )
     rows = []
     for policy in args.policies.split(","):
-        bench = common.Bench(common.model(args.size, remat_policy=policy), [spec])
+        model = common.model(args.size, remat_policy=policy)
+        bench = common.Bench(common.experiment(model, [spec]))
         times = bench.time_step((spec.name,), args.repeats)
         memory = common.peak_bytes(bench.entry(spec.name).memory)
         rows.append(

@@ -35,7 +35,7 @@ def run(args) -> common.Report:
                 embed_dim=args.d_model,
                 scan_layers=scan,
             )
-            bench = common.Bench(model, [spec])
+            bench = common.Bench(common.experiment(model, [spec]))
             seconds[scan] = [
                 bench.compile_seconds((spec.name,)) for _ in range(max(1, args.repeats))
             ]

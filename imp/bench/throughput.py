@@ -58,11 +58,12 @@ def _jax_parts(bench: common.Bench, spec, profile: bool) -> dict:
     batch, rng = bench.batch(spec.name), jax.random.key(0)
 
     def loss(params):
-        return step_lib.task_loss(bench.model, spec, params, batch, rng)[0]
+        return bench.experiment.loss(bench.model, spec, params, batch, rng)[0]
 
     forward = jax.jit(loss)
     forward_backward = jax.jit(jax.value_and_grad(loss))
-    update = jax.jit(lambda state, g: step_lib.apply_gradients(state, g, bench.tx, [spec], True))
+    tx = bench.experiment.tx
+    update = jax.jit(lambda state, g: step_lib.apply_gradients(state, g, tx, [spec], True))
     grads = forward_backward(bench.state["params"])[1]
     parts["forward"] = lambda: forward(bench.state["params"])
     parts["forward+backward"] = lambda: forward_backward(bench.state["params"])
@@ -108,12 +109,12 @@ def run(args) -> common.Report:
         width=args.size,
         text_length=args.text_length,
     )
-    bench = common.Bench(model, [spec])
+    bench = common.Bench(common.experiment(model, [spec]))
     compile_start = time.perf_counter()
     bench.step((spec.name,))
     compile_s = time.perf_counter() - compile_start
     step_flops = common.step_flops(model, spec)
-    n_tokens = common.tokens(spec, model)
+    n_tokens = common.tokens(bench, spec)
     params = bench.state["params"]
     ours_params = sum(x.size for k in _USED for x in jax.tree.leaves(params[k]))
 

@@ -137,9 +137,12 @@ def load_manifest(out_dir: str | os.PathLike) -> dict:
 def _num_images(num_images: int | None, available: int) -> int:
     if num_images is None:
         return available
-    # Five images is the fewest that leave one for the held-out split.
-    if not 5 <= num_images <= available:
-        raise ValueError(f"num_images={num_images} must lie in [5, {available}] or be None.")
+    # Five images is the fewest that leave one for the held-out split and one per train shard.
+    if not isinstance(num_images, int) or not 5 <= num_images <= available:
+        raise ImpError(
+            f"prepare_demo.num_images = {num_images!r}: the train and validation splits need "
+            f"between 5 and {available} digit images (or None for all)"
+        )
     return num_images
 
 
@@ -328,14 +331,38 @@ def _train_vocabulary(captions: list[str]) -> bytes:
 
 
 def _check_replaceable(out_dir: Path) -> None:
-    """Refuses to overwrite a path that is neither absent, empty nor an earlier demo world."""
+    """Refuses to replace a path unless it is absent, an empty folder, or a demo world holding
+    its own files and nothing else: a folder of the user's is never deleted."""
     if not out_dir.exists():
         return
-    if out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).is_file()):
+    if not out_dir.is_dir():
+        raise ImpError(f"{out_dir} exists and is not a folder; pass a new or empty directory")
+    if not any(out_dir.iterdir()):
         return
-    raise ImpError(
-        f"{out_dir} exists and is not a demo world (no {MANIFEST}); pass a new or empty directory."
+    try:
+        ours = _own_files(out_dir, json.loads((out_dir / MANIFEST).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ImpError(
+            f"{out_dir} is not a demo world (no readable {MANIFEST}); pass a new or empty directory"
+        ) from None
+    others = sorted(
+        str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file() and p not in ours
     )
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise ImpError(
+            f"{out_dir} holds files that are not part of its demo world ({shown}); nothing was "
+            "changed: pass a new or empty directory"
+        )
+
+
+def _own_files(out_dir: Path, manifest: dict) -> set[Path]:
+    """The files a demo world's manifest accounts for: itself, the vocabulary, the shards."""
+    files = {out_dir / MANIFEST, out_dir / manifest.get("vocabulary", VOCABULARY)}
+    for dataset in manifest.get("datasets", {}).values():
+        for split in dataset["splits"].values():
+            files.update(out_dir.glob(split["file_pattern"]))
+    return files
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:

@@ -17,7 +17,9 @@ import seqio
 import tensorflow as tf
 
 from imp.errors import ImpError
-from imp.tasks.registry import CHECK_MARK, TaskSpec
+from imp.partitioning.partitioner import Partitioner
+from imp.tasks.registry import CHECK_MARK
+from imp.tasks.spec import TaskSpec
 
 
 def _select_and_pad(keep: tuple[str, ...], length: int):
@@ -61,8 +63,9 @@ def dataset(
     classification tasks or when `with_labels`, and every caption when `with_captions`.
 
     Training streams shuffle and repeat forever and drop partial batches; evaluation streams
-    read the split once, in order, keeping the last partial batch. `shard` = (index, count)
-    overrides the process index and count.
+    read the split once, in order, keeping the last partial batch. Each host reads its share:
+    files i mod count, or (evaluation with fewer files than hosts) examples i mod count.
+    `shard` = (index, count) overrides the process index and count.
     """
     index, count = shard or (jax.process_index(), jax.process_count())
     global_batch = batch_size or spec.batch_size
@@ -72,7 +75,7 @@ def dataset(
         )
     name = task_name(spec, train)
     task = seqio.get_mixture_or_task(name)
-    _check_files(spec, task, split, count)
+    _check_files(spec, task, split, count if train else 1)
     ds = task.get_dataset(
         sequence_length={"text": spec.text_length},
         split=split,
@@ -95,6 +98,8 @@ def dataset(
 
 
 def _check_files(spec: TaskSpec, task: seqio.Task, split: str, hosts: int) -> None:
+    """The split's files exist, are not empty, and are at least one per host (in training;
+    evaluation reads a split with fewer files than hosts example by example)."""
     if split not in task.splits:
         raise ImpError(f"task '{spec.name}': no split '{split}' (has {sorted(task.splits)})")
     if not isinstance(task.source, seqio.FileDataSource):
@@ -171,3 +176,43 @@ def prefetch_to_device(
     while queue:
         yield queue.popleft()
         fill(1)
+
+
+class TrainStreams:
+    """Each task's training batches, opened on first use at the position a checkpoint recorded
+    (batches consumed per task) and kept two batches ahead on the devices."""
+
+    def __init__(
+        self, specs: dict[str, TaskSpec], seed: int, positions: dict, partitioner: Partitioner
+    ):
+        self.specs, self.seed, self.partitioner = specs, seed, partitioner
+        self.positions = dict.fromkeys(specs, 0) | positions
+        self.iterators = {}
+
+    def next(self, name: str) -> dict:
+        if name not in self.iterators:
+            self.iterators[name] = prefetch_to_device(
+                batches(
+                    self.specs[name],
+                    "train",
+                    self.seed,
+                    train=True,
+                    skip_batches=self.positions[name],
+                ),
+                self.partitioner.shard_batch,
+            )
+        self.positions[name] += 1
+        return next(self.iterators[name])
+
+    def abstract(self, name: str) -> dict:
+        """The global batch of a task as `jax.ShapeDtypeStruct`s (for precompiling)."""
+        element = dataset(self.specs[name], "train", self.seed, train=True).element_spec
+        sharding = self.partitioner.batch_sharding()
+        return {
+            k: jax.ShapeDtypeStruct(
+                (v.shape[0] * jax.process_count(), *v.shape[1:]),
+                v.dtype.as_numpy_dtype,
+                sharding=sharding,
+            )
+            for k, v in element.items()
+        }

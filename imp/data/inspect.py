@@ -2,25 +2,25 @@
 input pipeline's throughput."""
 
 import time
+from collections.abc import Callable, Sequence
 
 import seqio
 
 from imp.data import feeding
-from imp.modeling.model import ImpModel
-from imp.tasks import registry
+from imp.tasks.spec import TaskSpec
 
 
-def mixture_rows(name: str, model: ImpModel) -> list[dict]:
+def mixture_rows(
+    tasks: Sequence[TaskSpec], rates: Sequence[float], tokens: Callable[[TaskSpec], int]
+) -> list[dict]:
     """Per task: sampling rate (normalised), examples, batch, feature shapes and dtypes (of
-    one host's batch), encoder tokens per example and per global batch."""
-    tasks = registry.resolve(name)
-    total = sum(rate for _, rate in tasks)
+    one host's batch), encoder tokens per example (`tokens(spec)`, the model's count) and per
+    global batch."""
+    total = sum(rates)
     rows = []
-    for spec, rate in tasks:
+    for spec, rate in zip(tasks, rates, strict=True):
         element = feeding.dataset(spec, "train", 0, train=True).element_spec
-        tokens = spec.tokens_per_example(
-            model.vision_patch, model.waveform_patch, model.spectrogram_patch
-        )
+        per_example = tokens(spec)
         rows.append(
             {
                 "task": spec.name,
@@ -30,8 +30,8 @@ def mixture_rows(name: str, model: ImpModel) -> list[dict]:
                 "examples": spec.num_examples,
                 "batch": spec.batch_size,
                 "features": {k: [list(v.shape), v.dtype.name] for k, v in sorted(element.items())},
-                "tokens_per_example": sum(tokens.values()),
-                "tokens_per_batch": sum(tokens.values()) * spec.batch_size,
+                "tokens_per_example": per_example,
+                "tokens_per_batch": per_example * spec.batch_size,
             }
         )
     return rows
@@ -55,11 +55,11 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def show_examples(name: str, count: int) -> list[str]:
+def show_examples(tasks: Sequence[TaskSpec], count: int) -> list[str]:
     """The captions and labels of the first `count` evaluation examples of each data set
-    in the mixture, decoded back to text."""
+    of `tasks`, decoded back to text."""
     lines, seen = [], set()
-    for spec, _ in registry.resolve(name):
+    for spec in tasks:
         if spec.dataset in seen:
             continue
         seen.add(spec.dataset)
@@ -89,7 +89,7 @@ def show_examples(name: str, count: int) -> list[str]:
     return lines
 
 
-def throughput(spec: registry.TaskSpec, batches: int = 20, prefetch: bool = True) -> float:
+def throughput(spec: TaskSpec, batches: int = 20, prefetch: bool = True) -> float:
     """Training examples per second of the task's input pipeline on this host, after one
     warm-up batch."""
     iterator = feeding.batches(spec, "train", 0, train=True, prefetch=prefetch)

@@ -1,24 +1,26 @@
 """`imp eval`: evaluate a saved run's checkpoint on whatever devices this process has.
 
-The run's operative `config.gin` (plus any gin files and flags given) rebuilds the data
-tasks and the model; the checkpoint is restored read-only into this mesh's shardings, so a
-run still training is never disturbed. Results go to `eval.json` and TensorBoard under
+The run's operative `config.gin` (plus any gin files and flags given) rebuilds the experiment,
+validated like a training run (an evaluation resolution past the position tables stops here,
+before anything compiles); the checkpoint is restored read-only into this mesh's shardings, so
+a run still training is never disturbed. Results go to `eval.json` and TensorBoard under
 `--out` (default `MODEL_DIR/eval/step_N`).
 """
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 from tensorboardX import SummaryWriter
 
-from imp.errors import ImpError, did_you_mean
+from imp.errors import ImpError
 from imp.evaluation import evaluator
-from imp.partitioning.partitioner import Partitioner
-from imp.training import loop, train_state
-from imp.training.checkpoint import Checkpointer, parameter_shapes
+from imp.training.checkpoint import Checkpointer
 from imp.training.metrics_writer import tensorboard_tag
-from imp.training.optimizer import make_optimizer
+
+if TYPE_CHECKING:
+    from imp.experiment import Experiment
 
 
 def run_dir_of(checkpoint_dir: str) -> Path:
@@ -26,65 +28,39 @@ def run_dir_of(checkpoint_dir: str) -> Path:
     path = Path(checkpoint_dir).expanduser()
     if not path.is_dir():
         raise ImpError(f"checkpoint dir {path} does not exist")
-    return path.parent if path.name == "checkpoints" else path
+    run_dir = path.parent if path.name == "checkpoints" else path
+    if not (run_dir / "config.gin").is_file():
+        raise ImpError(f"{run_dir} has no config.gin (is it a run directory of `imp train`?)")
+    return run_dir
 
 
-def check_evaluations(names: list[str]) -> None:
-    for name in names:
-        if name not in evaluator.EVALUATIONS:
-            hint = (
-                did_you_mean(name, evaluator.EVALUATIONS)
-                or f"; choose from {evaluator.EVALUATIONS}"
-            )
-            raise ImpError(f"unknown evaluation '{name}'{hint}")
-
-
-def evaluate(run_dir: Path, step: int | None, evaluations: list[str], out: str | None) -> dict:
-    """Restores `step` (default: latest) of the run in `run_dir` and evaluates every data
-    set of its mixture; returns `{"step", "tasks": {task: {metric: {value, chance}}}}`."""
-    check_evaluations(evaluations)
-    checkpointer = Checkpointer(run_dir / "checkpoints", read_only=True)
-    steps = checkpointer.all_steps() if (run_dir / "checkpoints").is_dir() else []
+def pick_step(run_dir: Path, step: int | None) -> int:
+    """`step`, or the latest checkpoint's, checked to exist."""
+    checkpoints = run_dir / "checkpoints"
+    steps = Checkpointer(checkpoints, read_only=True).all_steps() if checkpoints.is_dir() else []
     if not steps:
-        raise ImpError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise ImpError(f"no checkpoint at step {step} in {run_dir / 'checkpoints'} (has {steps})")
-    bindings = loop.prepare_configured_data()
-    tasks = loop.training_tasks(bindings["mixture_or_task_name"], bindings.get("task_options"))
-    specs = {spec.name: spec for spec, _ in tasks}
-    model = loop.model_for(specs)
-    partitioner = Partitioner()
-    tx, _ = make_optimizer(bindings["train_steps"])
-    shardings = train_state.state_shardings(model, tx, partitioner)
-    abstract = train_state.abstract(shardings, model, tx)
-    _check_shapes(checkpointer.parameter_shapes(step), parameter_shapes(abstract["params"]))
-    state, _ = checkpointer.restore(step, abstract)
-    evaluated = loop.one_per_evaluation(specs)
+        raise ImpError(f"no checkpoint in {checkpoints}")
+    if step is not None and step not in steps:
+        raise ImpError(f"no checkpoint at step {step} in {checkpoints} (has {steps})")
+    return steps[-1] if step is None else step
+
+
+def evaluate(experiment: "Experiment", step: int, evaluations, out: str | None) -> dict:
+    """Restores `step` of the experiment's run and evaluates every data set of its mixture;
+    returns `{"step", "devices", "inputs", "tasks": {task: {metric: {value, chance}}}}`."""
+    run_dir = experiment.run_dir
+    checkpointer = Checkpointer(run_dir / "checkpoints", read_only=True)
+    state, _ = checkpointer.restore(step, experiment.abstract_state)
+    evaluated = evaluator.tasks_to_evaluate(experiment.tasks)
     summary = {
         "step": step,
         "devices": jax.device_count(),
         "inputs": {name: evaluator.input_shapes(spec) for name, spec in evaluated.items()},
-        "tasks": {
-            name: evaluator.evaluate_task(model, state["params"], spec, evaluations)
-            for name, spec in evaluated.items()
-        },
+        "tasks": experiment.evaluate(state["params"], evaluations),
     }
     if jax.process_index() == 0:
         _write(Path(out) if out else run_dir / "eval" / f"step_{step}", summary)
     return summary
-
-
-def _check_shapes(saved: dict, configured: dict) -> None:
-    """Stops at the first parameter whose shape differs (or that one side lacks)."""
-    for name in sorted(set(saved) | set(configured)):
-        a, b = saved.get(name), configured.get(name)
-        if a != b:
-            raise ImpError(
-                f"the checkpoint does not match the configured model: parameter {name} is "
-                f"{a if a is not None else 'absent'} in the checkpoint and "
-                f"{b if b is not None else 'absent'} in the model"
-            )
 
 
 def _write(out: Path, summary: dict) -> None:

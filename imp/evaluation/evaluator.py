@@ -1,4 +1,5 @@
-"""The evaluations of `imp eval` (seed 004 Table 1 and §4; seed 000's linear probes).
+"""The evaluations of `imp eval` and of training (seed 004 Table 1 and §4; seed 000's linear
+probes).
 
 Per data set of the run's mixture, on its evaluation Task (central crops; several clips
 averaged when `eval_clips` > 1; every caption):
@@ -11,41 +12,143 @@ averaged when `eval_clips` > 1; every caption):
 * `linear_probe`: a ridge-regression classifier on frozen pooled features of training
   examples (regularisation picked on a held-out part), top-1 on the evaluation split.
 
-Every metric comes with its chance level.
+Every metric comes with its chance level. Each process encodes its share of the examples on
+the experiment's mesh (inputs sharded over the batch axes, as in training); the encoded
+examples of all processes are gathered, in an order that does not depend on how the split was
+shared, before any metric is computed, and a metric refuses scores that are not finite.
 """
 
-import functools
+import math
+import zlib
+from typing import TYPE_CHECKING
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 
 from imp.data import feeding
+from imp.errors import ImpError, did_you_mean
 from imp.evaluation import metrics
-from imp.modeling.model import ImpModel
-from imp.tasks.registry import CLASSIFICATION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.training.graph_table import signature
+
+if TYPE_CHECKING:
+    from imp.experiment import Experiment
 
 EVALUATIONS = ("classification", "zero_shot", "retrieval", "linear_probe")
+EVAL_ROWS = 64  # rows of one forward call, before rounding to the mesh
+PROBE_EXAMPLES = 2000  # training examples the linear probe fits
+_OUTPUTS = ("embedding/", "pooled/", "logits")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _apply(model: ImpModel, params, inputs: dict, head: str | None):
-    return model.apply({"params": params}, inputs, head=head)
+def check_evaluations(names) -> None:
+    for name in names:
+        if name not in EVALUATIONS:
+            hint = did_you_mean(name, EVALUATIONS) or f"; choose from {EVALUATIONS}"
+            raise ImpError(f"unknown evaluation '{name}'{hint}")
 
 
-def class_embeddings(model: ImpModel, params, spec: TaskSpec) -> np.ndarray:
-    """`[classes, embed_dim]`: each class's prompts embedded, averaged, re-normalised (CLIP's
-    prompt ensembling)."""
-    vocabulary = seqio.get_mixture_or_task(spec.name).output_features["text"].vocabulary
-    prompts = [p for per_class in spec.class_prompts for p in per_class]
-    ids = np.zeros((len(prompts), spec.text_length), np.int32)
-    for row, prompt in enumerate(prompts):
-        tokens = vocabulary.encode(prompt)[: spec.text_length]
-        ids[row, : len(tokens)] = tokens
-    text = _forward(model, params, {"text": ids}, None, 64)["embedding/text"]
-    per_class = text.reshape(len(spec.class_prompts), -1, text.shape[-1]).mean(1)
-    return metrics.normalise(per_class)
+def batch_size(partitioner) -> int:
+    """Rows of one evaluation forward call over all processes: `EVAL_ROWS`, rounded up to a
+    multiple of the data-parallel devices and the processes."""
+    unit = math.lcm(partitioner.data_parallelism, jax.process_count())
+    return -(-EVAL_ROWS // unit) * unit
+
+
+def tasks_to_evaluate(tasks) -> dict[str, TaskSpec]:
+    """Resolution variants of a task evaluate identically (on their data set's evaluation
+    Task); the first of each, base variants first."""
+    kept = {}
+    for s in sorted(tasks, key=lambda s: s.variant != "base"):
+        kept.setdefault((s.eval_task or s.name, s.objective, s.modalities), s)
+    return {s.name: s for s in kept.values()}
+
+
+def _sources(spec: TaskSpec) -> list[str]:
+    """The non-text inputs a contrastive task embeds (classifiers give logits instead)."""
+    if spec.objective in CLASSIFICATION:
+        return []
+    return [m for m in spec.modalities if m != "text"]
+
+
+def metric_names(spec: TaskSpec, evaluations) -> list[str]:
+    """The metrics `evaluate_task` reports for `spec` (with labelled evaluation data)."""
+    check_evaluations(evaluations)
+    ks = [k for k in (1, 5) if k <= spec.num_classes]
+    names = []
+    if "classification" in evaluations and spec.objective in CLASSIFICATION:
+        names += [f"top{k}" for k in ks]
+    if "zero_shot" in evaluations and spec.class_prompts and spec.class_names:
+        names += [f"zero_shot_top{k}/{m}" for m in _sources(spec) for k in ks]
+    if "retrieval" in evaluations and "text" in spec.modalities:
+        for m in _sources(spec):
+            for direction in (f"text_to_{m}", f"{m}_to_text"):
+                names += [
+                    f"retrieval/{direction}/{n}" for n in ("R@1", "R@5", "R@10", "median_rank")
+                ]
+    probe = next((m for m in spec.modalities if m != "text"), None)
+    if "linear_probe" in evaluations and spec.class_names and spec.objective != "bce" and probe:
+        names.append(f"linear_probe_top1/{probe}")
+    return names
+
+
+def input_shapes(spec: TaskSpec) -> dict[str, list[int]]:
+    """Per-example shapes of the task's evaluation inputs (clips first when several are
+    averaged): the resolution and clip count the metrics were taken at."""
+    clips = [spec.eval_clips] if spec.eval_clips > 1 else []
+    return {
+        m: (clips if m != "text" else []) + list(shape)
+        for m, shape in spec.input_shapes(train=False).items()
+    }
+
+
+class Encoder:
+    """The experiment's model applied to this process's rows on the mesh: inputs sharded over
+    the batch axes like training batches, one compiled function per input signature. Every
+    process calls it the same number of times (it is a collective)."""
+
+    def __init__(self, experiment: "Experiment", params):
+        self.model, self.params = experiment.model, params
+        self.partitioner = experiment.partitioner
+        self.param_shardings = experiment.shardings["params"]
+        self.rows = batch_size(self.partitioner) // jax.process_count()  # per process and call
+        self.compiled = experiment.compiled_forwards
+
+    def __call__(self, inputs: dict[str, np.ndarray], head: str | None = None) -> dict:
+        """Embeddings, pooled features and logits of this process's `inputs` rows."""
+        n = len(next(iter(inputs.values())))
+        calls = _max_over_processes(-(-n // self.rows))
+        outs = []
+        for c in range(calls):
+            start = c * self.rows
+            chunk = {k: _pad(v[start : start + self.rows], self.rows) for k, v in inputs.items()}
+            out = self._apply(chunk, head)
+            outs.append({k: v[: max(0, min(self.rows, n - start))] for k, v in out.items()})
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]} if outs else {}
+
+    def _apply(self, chunk: dict[str, np.ndarray], head: str | None) -> dict[str, np.ndarray]:
+        batch = self.partitioner.shard_batch(chunk)
+        key = (head, signature(batch))
+        if key not in self.compiled:
+
+            def forward(params, inputs):
+                out = self.model.apply({"params": params}, inputs, head=head)
+                return {k: v for k, v in out.items() if k.startswith(_OUTPUTS)}
+
+            shardings = jax.tree.map(lambda x: x.sharding, batch)
+            self.compiled[key] = self.partitioner.compile(
+                forward,
+                (self.params, batch),
+                (self.param_shardings, shardings),
+                self.partitioner.batch_sharding(),
+            )
+        out = self.compiled[key](self.params, batch)
+        local = multihost_utils.global_array_to_host_local_array(
+            out, self.partitioner.mesh, PartitionSpec(("expert", "data"))
+        )
+        return jax.tree.map(np.asarray, local)
 
 
 def _pad(x: np.ndarray, rows: int) -> np.ndarray:
@@ -54,52 +157,94 @@ def _pad(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
 
 
-def _forward(model, params, inputs: dict, head, batch_size: int) -> dict[str, np.ndarray]:
-    """The model on `inputs` in fixed-size chunks (one compiled shape), outputs as numpy."""
-    n = len(next(iter(inputs.values())))
-    outs = []
-    for start in range(0, n, batch_size):
-        chunk = {k: _pad(v[start : start + batch_size], batch_size) for k, v in inputs.items()}
-        out = _apply(model, params, {k: jnp.asarray(v) for k, v in chunk.items()}, head)
-        rows = min(batch_size, n - start)
-        outs.append(
-            {k: np.asarray(v)[:rows] for k, v in out.items() if v.ndim and v.shape[0] == batch_size}
-        )
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+def _max_over_processes(value: int) -> int:
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def _gather(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process's rows, in process order (the same result on every process)."""
+    if jax.process_count() == 1 or not local:
+        return local
+    counts = multihost_utils.process_allgather(np.int32(len(next(iter(local.values())))))
+    size = int(counts.max())
+    gathered = multihost_utils.process_allgather({k: _pad(v, size) for k, v in local.items()})
+    return {
+        k: np.concatenate([g[p, : counts[p]] for p in range(len(counts))])
+        for k, g in gathered.items()
+    }
+
+
+def class_embeddings(encoder: Encoder, spec: TaskSpec) -> np.ndarray:
+    """`[classes, embed_dim]`: each class's prompts embedded, averaged, re-normalised (CLIP's
+    prompt ensembling). Each process embeds its share of the prompts."""
+    vocabulary = seqio.get_mixture_or_task(spec.name).output_features["text"].vocabulary
+    prompts = [p for per_class in spec.class_prompts for p in per_class]
+    ids = np.zeros((len(prompts), spec.text_length), np.int32)
+    for row, prompt in enumerate(prompts):
+        tokens = vocabulary.encode(prompt)[: spec.text_length]
+        ids[row, : len(tokens)] = tokens
+    share = -(-len(ids) // jax.process_count())
+    mine = ids[jax.process_index() * share : (jax.process_index() + 1) * share]
+    text = _gather(encoder({"text": mine}))["embedding/text"]
+    per_class = text.reshape(len(spec.class_prompts), -1, text.shape[-1]).mean(1)
+    return metrics.normalise(per_class)
 
 
 def encode_split(
-    model: ImpModel,
-    params,
-    spec: TaskSpec,
-    split: str,
-    batch_size: int = 64,
-    max_examples: int | None = None,
+    encoder: Encoder, spec: TaskSpec, split: str, max_examples: int | None = None
 ) -> dict[str, np.ndarray]:
     """Embeddings (`embedding/m`), pooled features (`pooled/m`) and classifier logits of every
-    example of `split`, averaged over clips; plus `label`, and `captions` embedded
-    (`caption_embedding` `[N, K, D]` with `caption_valid` `[N, K]`)."""
-    collected: dict[str, list] = {}
-    seen = 0
-    for batch in feeding.batches(
-        spec,
-        split,
-        0,
-        train=False,
-        batch_size=batch_size,
+    example of `split` (of every process), averaged over clips; plus `label`, and captions
+    embedded (`caption_embedding` `[N, K, D]` with their tokens `caption_tokens`)."""
+    options = dict(
+        batch_size=batch_size(encoder.partitioner),
         with_labels=bool(spec.class_names),
         with_captions="text" in spec.modalities,
-    ):
-        if max_examples is not None and seen >= max_examples:
+    )
+    stream = feeding.batches(spec, split, 0, train=False, **options)
+    limit = None if max_examples is None else -(-max_examples // jax.process_count())
+    empty = None
+    collected: dict[str, list] = {}
+    seen = 0
+    while True:
+        batch = next(stream, None) if limit is None or seen < limit else None
+        if _max_over_processes(int(batch is not None)) == 0:
             break
+        if batch is None:  # this process is done; it still joins the others' forward calls
+            element = feeding.dataset(spec, split, 0, train=False, **options).element_spec
+            empty = empty or {
+                k: np.zeros((0, *v.shape[1:]), v.dtype.as_numpy_dtype) for k, v in element.items()
+            }
+            batch = empty
         seen += len(next(iter(batch.values())))
-        for key, value in _encode_batch(model, params, spec, batch, batch_size).items():
+        for key, value in _encode_batch(encoder, spec, batch).items():
             collected.setdefault(key, []).append(value)
-    return {k: np.concatenate(v) for k, v in collected.items()}
+    data = _gather({k: np.concatenate(v) for k, v in collected.items()})
+    if not data:
+        return data
+    # A canonical order, whatever share of the split each process read: results (the linear
+    # probe's held-out part, say) do not depend on the number of processes.
+    order = np.argsort(data.pop("example_key"), kind="stable")
+    return {k: v[order][:max_examples] for k, v in data.items()}
 
 
-def _encode_batch(model, params, spec: TaskSpec, batch: dict, batch_size: int) -> dict:
+def _example_keys(batch: dict, modalities) -> np.ndarray:
+    """`[batch]` int32 checksums of each example's inputs, captions and label (identical
+    examples may share one: their order does not matter)."""
+    keys = [k for k in (*modalities, "captions", "label") if k in batch]
+    n = len(next(iter(batch.values())))
+    sums = [
+        zlib.crc32(b"".join(np.ascontiguousarray(batch[k][i]).tobytes() for k in keys))
+        for i in range(n)
+    ]
+    return np.asarray(sums, np.uint32).view(np.int32)
+
+
+def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
     out = {k: batch[k] for k in ("label", "labels") if k in batch}
+    out["example_key"] = _example_keys(batch, spec.modalities)
     inputs = {m: batch[m] for m in spec.modalities if m != "text"}
     n = len(next(iter(batch.values())))
     clips = 1
@@ -107,39 +252,36 @@ def _encode_batch(model, params, spec: TaskSpec, batch: dict, batch_size: int) -
         clips = inputs["vision"].shape[1]
     flat = {k: v.reshape(n * clips, *v.shape[2:]) if clips > 1 else v for k, v in inputs.items()}
     head = spec.head if spec.objective in CLASSIFICATION else None
-    results = _forward(model, params, flat, head, batch_size)
-    for key, value in results.items():
-        if key.startswith(("embedding/", "pooled/")) or key == "logits":
-            value = value.reshape(n, clips, *value.shape[1:]).mean(1)
-            out[key] = metrics.normalise(value) if key.startswith("embedding/") else value
+    for key, value in encoder(flat, head).items():
+        value = value.reshape(n, clips, *value.shape[1:]).mean(1)
+        out[key] = metrics.normalise(value) if key.startswith("embedding/") else value
     if "captions" in batch:
         captions = batch["captions"]  # [batch, K, L]
         k = captions.shape[1]
-        embedded = _forward(model, params, {"text": captions.reshape(n * k, -1)}, None, batch_size)[
-            "embedding/text"
-        ]
+        embedded = encoder({"text": captions.reshape(n * k, -1)})["embedding/text"]
         out["caption_embedding"] = embedded.reshape(n, k, -1)
         out["caption_tokens"] = captions
     return out
 
 
-def input_shapes(spec: TaskSpec) -> dict[str, list[int]]:
-    """Per-example shapes of the model inputs of the task's evaluation split (clips first
-    when several are averaged): the resolution and clip count the metrics were taken at."""
-    batch = next(feeding.batches(spec, spec.eval_split, 0, train=False, batch_size=1))
-    return {m: list(batch[m].shape[1:]) for m in spec.modalities if m in batch}
+def evaluate(experiment: "Experiment", params, evaluations=EVALUATIONS) -> dict[str, dict]:
+    """`{task: {metric: {value, chance}}}` for every data set of the experiment."""
+    check_evaluations(evaluations)
+    encoder = Encoder(experiment, params)
+    return {
+        name: evaluate_task(encoder, spec, evaluations)
+        for name, spec in tasks_to_evaluate(experiment.tasks).items()
+    }
 
 
-def evaluate_task(
-    model: ImpModel,
-    params,
-    spec: TaskSpec,
-    evaluations=EVALUATIONS,
-    batch_size: int = 64,
-    probe_examples: int = 2000,
-) -> dict[str, dict]:
+def evaluate_task(encoder: Encoder, spec: TaskSpec, evaluations=EVALUATIONS) -> dict[str, dict]:
     """`{metric: {"value", "chance"}}` for one task on its data set's evaluation split."""
-    data = encode_split(model, params, spec, spec.eval_split, batch_size)
+    data = encode_split(encoder, spec, spec.eval_split)
+    if not data:
+        raise ImpError(f"task '{spec.name}': its evaluation split '{spec.eval_split}' is empty")
+    for key, value in data.items():
+        if key.startswith(_OUTPUTS) or key == "caption_embedding":
+            metrics.check_finite(f"task '{spec.name}': {key} of the evaluation split", value)
     results = {}
     labelled = "label" in data and spec.class_names and np.all(data["label"] >= 0)
     num_classes = spec.num_classes
@@ -149,9 +291,9 @@ def evaluate_task(
                 "value": value,
                 "chance": min(int(name[3:]), num_classes) / num_classes,
             }
-    sources = [m for m in spec.modalities if m != "text" and f"embedding/{m}" in data]
+    sources = [m for m in _sources(spec) if f"embedding/{m}" in data]
     if "zero_shot" in evaluations and spec.class_prompts and labelled and sources:
-        prototypes = class_embeddings(model, params, spec)
+        prototypes = class_embeddings(encoder, spec)
         for m in sources:
             scores = data[f"embedding/{m}"] @ prototypes.T
             for name, value in metrics.topk_accuracy(scores, data["label"]).items():
@@ -160,7 +302,7 @@ def evaluate_task(
     if "retrieval" in evaluations and "caption_embedding" in data and sources:
         results.update(_retrieval(data, sources))
     if "linear_probe" in evaluations and labelled and spec.objective != "bce":
-        results.update(_probe(model, params, spec, data, batch_size, probe_examples))
+        results.update(_probe(encoder, spec, data))
     return results
 
 
@@ -184,14 +326,17 @@ def _retrieval(data: dict, sources: list[str]) -> dict[str, dict]:
     return out
 
 
-def _probe(model, params, spec: TaskSpec, data: dict, batch_size: int, examples: int) -> dict:
+def _probe(encoder: Encoder, spec: TaskSpec, data: dict) -> dict:
     source = next((m for m in spec.modalities if m != "text" and f"pooled/{m}" in data), None)
     if source is None:
         return {}
-    train = encode_split(model, params, spec, "train", batch_size, max_examples=examples)
+    train = encode_split(encoder, spec, "train", max_examples=PROBE_EXAMPLES)
+    metrics.check_finite(
+        f"task '{spec.name}': pooled/{source} of the training split", train[f"pooled/{source}"]
+    )
     result = metrics.linear_probe(
-        train[f"pooled/{source}"][:examples],
-        train["label"][:examples],
+        train[f"pooled/{source}"],
+        train["label"],
         data[f"pooled/{source}"],
         data["label"],
         spec.num_classes,

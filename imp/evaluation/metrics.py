@@ -1,10 +1,25 @@
 """Evaluation metrics on embeddings and features (numpy, host side).
 
 Ranks are 1-based and pessimistic on ties: a wrong item scoring exactly as high as the best
-right one counts as ranked above it, so constant embeddings never look perfect.
+right one counts as ranked above it, so constant embeddings never look perfect. No metric is
+computed from scores that are not finite: NaN compares false with everything, so a NaN
+score would rank every positive first.
 """
 
 import numpy as np
+
+from imp.errors import ImpError
+
+
+def check_finite(what: str, *arrays: np.ndarray) -> None:
+    """An `ImpError` naming `what` when any value of `arrays` is NaN or infinite."""
+    for array in arrays:
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ImpError(
+                f"{what}: {bad} of {np.size(array)} values are not finite (NaN or inf); no "
+                "metric is computed from them"
+            )
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -14,6 +29,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 def topk_accuracy(scores: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> dict[str, float]:
     """`scores` `[N, C]`, `labels` `[N]`: the fraction whose label is among the k best
     classes (pessimistic ties: rank = 1 + classes scoring at least the label's, but itself)."""
+    check_finite("top-k accuracy scores", scores)
     rank = _rank_of_best_positive(scores, np.eye(scores.shape[1], dtype=bool)[labels])
     return {f"top{k}": float(np.mean(rank <= k)) for k in ks if k <= scores.shape[1]}
 
@@ -29,6 +45,7 @@ def retrieval(queries: np.ndarray, gallery: np.ndarray, positive: np.ndarray) ->
     """Cosine retrieval: R@1, R@5, R@10 (a positive among the first k) and the median rank of
     the best positive. `positive[q, g]` marks the right gallery items of query q (several
     captions per video: several positives)."""
+    check_finite("retrieval embeddings", queries, gallery)
     scores = normalise(queries) @ normalise(gallery).T
     rank = _rank_of_best_positive(scores, positive)
     out = {f"R@{k}": float(np.mean(rank <= k)) for k in (1, 5, 10)}
@@ -76,6 +93,7 @@ def linear_probe(
     """Closed-form ridge regression onto one-hot targets (a linear classifier on frozen
     features). The regularisation is picked on a held-out part of the training features,
     then the probe is refitted on all of them; returns test top-1 and the chosen strength."""
+    check_finite("linear probe features", train_x, test_x)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     order = np.random.default_rng(seed).permutation(len(train_x))

@@ -9,9 +9,69 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imp.errors import ImpError
 from imp.modeling.layers import dense_init, param_with_axes
 
 _POS_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def patch_grid(
+    shape: tuple[int, ...],
+    patch: tuple[int, ...],
+    max_grid: tuple[int, ...],
+    names: tuple[str, str, str],
+) -> tuple[int, ...]:
+    """Patches along each axis of `shape`, checked: every axis divisible by its patch size and
+    the grid within the position tables `max_grid` (a larger grid would index past them, and a
+    lookup past a table reads NaN). `names`: the input, its patch field, its table field."""
+    what, patch_field, table_field = names
+    sizes = "x".join(map(str, shape))
+    if any(p < 1 or s % p for s, p in zip(shape, patch, strict=True)):
+        raise ImpError(f"{what} {sizes} is not divisible by {patch_field}={patch}")
+    grid = tuple(s // p for s, p in zip(shape, patch, strict=True))
+    if min(grid) < 1:
+        raise ImpError(f"{what} {sizes} is smaller than {patch_field}={patch}")
+    if any(g > m for g, m in zip(grid, max_grid, strict=True)):
+        raise ImpError(
+            f"{what} {sizes} makes a grid of {'x'.join(map(str, grid))} patches, larger than "
+            f"the position tables {table_field}={max_grid}"
+        )
+    return grid
+
+
+def vision_grid(
+    shape: tuple[int, int, int], patch: tuple[int, int, int], max_grid: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """Tubelets along (t, h, w) of a `(frames, height, width)` clip; a clip shorter than the
+    tubelet depth (a still image) is tiled to fill one tubelet."""
+    frames, height, width = shape
+    names = ("vision frames x height x width", "ImpModel.vision_patch", "ImpModel.vision_max_grid")
+    return patch_grid((max(frames, patch[0]), height, width), patch, max_grid, names)
+
+
+def waveform_grid(samples: int, patch: int, max_length: int) -> int:
+    names = ("waveform samples", "ImpModel.waveform_patch", "ImpModel.max_waveform_patches")
+    return patch_grid((samples,), (patch,), (max_length,), names)[0]
+
+
+def spectrogram_grid(
+    shape: tuple[int, int], patch: tuple[int, int], max_grid: tuple[int, int]
+) -> tuple[int, int]:
+    names = (
+        "spectrogram time x mel bins",
+        "ImpModel.spectrogram_patch",
+        "ImpModel.spectrogram_max_grid",
+    )
+    return patch_grid(tuple(shape), tuple(patch), tuple(max_grid), names)
+
+
+def text_tokens(length: int, max_length: int) -> int:
+    """Tokens of a text of `length` ids, which must fit the position table."""
+    if length > max_length:
+        raise ImpError(
+            f"text of {length} tokens is longer than ImpModel.max_text_length={max_length}"
+        )
+    return length
 
 
 class VisionEmbedder(nn.Module):
@@ -29,14 +89,9 @@ class VisionEmbedder(nn.Module):
     def __call__(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
         pt, ph, pw = self.patch
         b, t, h, w, c = video.shape
+        gt, gh, gw = vision_grid((t, h, w), self.patch, self.max_grid)
         if t < pt:
             video = jnp.tile(video, (1, -(-pt // t), 1, 1, 1))[:, :pt]
-            t = pt
-        if t % pt or h % ph or w % pw:
-            raise ValueError(
-                f"vision input {video.shape[1:4]} is not divisible by tubelet {self.patch}"
-            )
-        gt, gh, gw = t // pt, h // ph, w // pw
         patches = video.reshape(b, gt, pt, gh, ph, gw, pw, c)
         patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, gt * gh * gw, -1)
         tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="tubelet")(
@@ -59,13 +114,12 @@ class WaveformEmbedder(nn.Module):
     @nn.compact
     def __call__(self, waveform: jax.Array) -> tuple[jax.Array, jax.Array]:
         b, s = waveform.shape
-        if s % self.patch:
-            raise ValueError(f"waveform length {s} is not divisible by patch {self.patch}")
-        patches = waveform.reshape(b, s // self.patch, self.patch)
+        n = waveform_grid(s, self.patch, self.max_length)
+        patches = waveform.reshape(b, n, self.patch)
         tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="patch")(
             patches
         )
-        coords = jnp.arange(s // self.patch)[:, None]
+        coords = jnp.arange(n)[:, None]
         tokens = tokens + FactorisedPositions(self.d_model, (self.max_length,), name="pos")(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
@@ -82,16 +136,14 @@ class SpectrogramEmbedder(nn.Module):
     def __call__(self, spectrogram: jax.Array) -> tuple[jax.Array, jax.Array]:
         b, t, f = spectrogram.shape
         pt, pf = self.patch
-        if t % pt or f % pf:
-            raise ValueError(f"spectrogram {t}x{f} is not divisible by patch {self.patch}")
-        patches = spectrogram.reshape(b, t // pt, pt, f // pf, pf).transpose(0, 1, 3, 2, 4)
-        patches = patches.reshape(b, (t // pt) * (f // pf), pt * pf)
+        gt, gf = spectrogram_grid((t, f), self.patch, self.max_grid)
+        patches = spectrogram.reshape(b, gt, pt, gf, pf).transpose(0, 1, 3, 2, 4)
+        patches = patches.reshape(b, gt * gf, pt * pf)
         tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="patch")(
             patches
         )
-        coords = jnp.stack(
-            jnp.meshgrid(jnp.arange(t // pt), jnp.arange(f // pf), indexing="ij"), -1
-        ).reshape(-1, 2)
+        coords = jnp.stack(jnp.meshgrid(jnp.arange(gt), jnp.arange(gf), indexing="ij"), -1)
+        coords = coords.reshape(-1, 2)
         tokens = tokens + FactorisedPositions(self.d_model, self.max_grid, name="pos")(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
@@ -109,7 +161,7 @@ class TextEmbedder(nn.Module):
             self, "embedding", _POS_INIT, (self.vocab_size, self.d_model), ("vocab", "embed")
         )
         tokens = jnp.take(table, text, axis=0)
-        coords = jnp.arange(text.shape[1])[:, None]
+        coords = jnp.arange(text_tokens(text.shape[1], self.max_length))[:, None]
         tokens = tokens + FactorisedPositions(self.d_model, (self.max_length,), name="pos")(coords)
         return tokens, text != 0
 

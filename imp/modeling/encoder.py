@@ -91,8 +91,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"remat_policy '{self.remat_policy}' not in {sorted(REMAT_POLICIES)}")
+        assert self.remat_policy in REMAT_POLICIES, self.remat_policy  # see `check_config`
         group = BlockGroup
         if self.remat_policy != "none":
             group = nn.remat(

@@ -33,8 +33,7 @@ def _expert_parameters(tree) -> int:
     return total
 
 
-def model_info(model: ImpModel | None = None) -> dict:
-    model = model or ImpModel()
+def model_info(model: ImpModel) -> dict:
     params = nn.unbox(jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))["params"]
     components = {name: _count(tree) for name, tree in params.items()}
     encoder = params["encoder"] if "encoder" in params else params["encoders_vision"]

@@ -13,6 +13,9 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from imp import validation
+from imp.errors import ImpError, did_you_mean
+from imp.modeling import embedders
 from imp.modeling.embedders import (
     SpectrogramEmbedder,
     TextEmbedder,
@@ -20,9 +23,9 @@ from imp.modeling.embedders import (
     WaveformEmbedder,
     drop_tokens,
 )
-from imp.modeling.encoder import Encoder
-from imp.modeling.heads import ClassifierHead, Projection, masked_mean
-from imp.modeling.moe import MoeConfig
+from imp.modeling.encoder import REMAT_POLICIES, Encoder, layer_plan
+from imp.modeling.heads import HEAD_INITS, ClassifierHead, Projection, masked_mean
+from imp.modeling.moe import ROUTERS, MoeConfig, num_groups
 
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
 # CLIP's temperature: initialised at 1/0.07 and capped at 100, kept positive via the log.
@@ -30,11 +33,19 @@ _LOGIT_SCALE_INIT = math.log(1 / 0.07)
 _LOGIT_SCALE_MAX = math.log(100.0)
 
 
-@gin.configurable
+TOWERS = ("shared", "per_modality")
+
+
+# Registered, not decorated: gin bindings reach the model built by `Experiment.from_gin` (or an
+# `@ImpModel()` reference), never an `ImpModel(...)` written in code such as a benchmark's.
+@gin.register
 class ImpModel(nn.Module):
     """Inputs are a dict with any of `vision` `[batch, frames, height, width, 3]`,
     `waveform` `[batch, samples]`, `spectrogram` `[batch, time, mel]` and `text`
-    `[batch, length]` (int ids, 0 = padding)."""
+    `[batch, length]` (int ids, 0 = padding).
+
+    `check_config` and `tokens_per_example` validate a configuration and input shapes against
+    it before anything is traced."""
 
     heads: tuple[tuple[str, int], ...] = ()  # (dataset name, number of classes)
     d_model: int = 128
@@ -99,12 +110,11 @@ class ImpModel(nn.Module):
             self.moe_every if moe else 0,
             self.moe_last,
         )
+        assert self.towers in TOWERS, self.towers  # `check_config` names a wrong value
         if self.towers == "shared":
             self.encoder = make_encoder()
-        elif self.towers == "per_modality":
-            self.encoders = {m: make_encoder() for m in MODALITIES}
         else:
-            raise ValueError(f"towers '{self.towers}' is neither 'shared' nor 'per_modality'")
+            self.encoders = {m: make_encoder() for m in MODALITIES}
         self.projections = {m: Projection(self.embed_dim) for m in MODALITIES}
         self.classifiers = {name: ClassifierHead(n, self.head_init) for name, n in self.heads}
         self.logit_scale = self.param(
@@ -155,6 +165,89 @@ class ImpModel(nn.Module):
         for name, _ in self.heads:
             self.classifiers[name](out["pooled/vision"])
         return out
+
+
+def _one_of(field: str, value, options) -> None:
+    if value not in options:
+        hint = did_you_mean(str(value), options) or f"; choose from {tuple(options)}"
+        raise ImpError(f"ImpModel.{field} = {value!r} is not known{hint}")
+
+
+def check_config(model: ImpModel) -> None:
+    """Every field's type and range, and the constraints between fields; an `ImpError` naming
+    the first wrong one."""
+    validation.check_fields(model, "ImpModel")
+    for field in ("d_model", "num_layers", "num_heads", "mlp_dim", "embed_dim", "vocab_size"):
+        validation.at_least(f"ImpModel.{field}", getattr(model, field), 1)
+    for field in ("waveform_patch", "max_waveform_patches", "max_text_length", "max_group_size"):
+        validation.at_least(f"ImpModel.{field}", getattr(model, field), 1)
+    for field in ("vision_patch", "vision_max_grid", "spectrogram_patch", "spectrogram_max_grid"):
+        validation.require(
+            min(getattr(model, field)) >= 1,
+            f"ImpModel.{field} = {getattr(model, field)}: every size must be >= 1",
+        )
+    validation.require(
+        model.d_model % model.num_heads == 0,
+        f"ImpModel.num_heads = {model.num_heads} does not divide ImpModel.d_model = "
+        f"{model.d_model}",
+    )
+    _one_of("towers", model.towers, TOWERS)
+    _one_of("remat_policy", model.remat_policy, REMAT_POLICIES)
+    _one_of("head_init", model.head_init, HEAD_INITS)
+    _one_of("router", model.router, ROUTERS)
+    validation.at_least("ImpModel.num_experts", model.num_experts, 0)
+    if model.num_experts:
+        validation.at_least("ImpModel.capacity_factor", model.capacity_factor, 1e-6)
+        validation.require(
+            1 <= model.top_k <= model.num_experts,
+            f"ImpModel.top_k = {model.top_k} must lie in [1, num_experts = {model.num_experts}]",
+        )
+        try:
+            layer_plan(model.num_layers, model.moe_every, model.moe_last)
+        except ValueError as error:
+            raise ImpError(f"ImpModel MoE layers: {error}") from None
+
+
+def tokens_per_example(
+    model: ImpModel, shapes: dict[str, tuple[int, ...]], drop_rate: float = 0.0
+) -> dict[str, int]:
+    """Encoder tokens of each input (per-example `shapes`, as `TaskSpec.input_shapes` gives),
+    after DropToken at `drop_rate` (which spares text). Raises an `ImpError` when a shape does
+    not fit the model: not divisible by its patch, past a position table, text too long."""
+    tokens = {}
+    for modality, shape in shapes.items():
+        if modality == "vision":
+            grid = embedders.vision_grid(shape[:3], model.vision_patch, model.vision_max_grid)
+        elif modality == "waveform":
+            grid = (
+                embedders.waveform_grid(shape[0], model.waveform_patch, model.max_waveform_patches),
+            )
+        elif modality == "spectrogram":
+            grid = embedders.spectrogram_grid(
+                shape, model.spectrogram_patch, model.spectrogram_max_grid
+            )
+        else:
+            grid = (embedders.text_tokens(shape[0], model.max_text_length),)
+        full = math.prod(grid)
+        keep = full if modality == "text" else max(1, round(full * (1.0 - drop_rate)))
+        tokens[modality] = keep
+    return tokens
+
+
+def check_routing_groups(model: ImpModel, tokens: int, where: str) -> None:
+    """MoE token groups of a batch of `tokens` tokens (one modality) must each hold at least as
+    many tokens as there are experts: the group count is the smallest that divides the tokens
+    evenly, and an awkward token count can force tiny groups in which every expert routes the
+    same few tokens."""
+    if not model.num_experts:
+        return
+    size = tokens // num_groups(tokens, model.max_group_size)
+    validation.require(
+        size >= model.num_experts,
+        f"{where}: its {tokens} tokens split evenly into MoE groups of only {size} tokens "
+        f"(ImpModel.max_group_size = {model.max_group_size}), fewer than ImpModel.num_experts "
+        f"= {model.num_experts}; change the batch size or max_group_size",
+    )
 
 
 def dummy_inputs(model: ImpModel, batch: int = 1) -> dict[str, jax.Array]:

@@ -119,8 +119,7 @@ class MoeMlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
         cfg = self.config
-        if cfg.router not in ROUTERS:
-            raise ValueError(f"router '{cfg.router}' not in {ROUTERS}")
+        assert cfg.router in ROUTERS, cfg.router  # `model.check_config` names a wrong value
         b, length, d = x.shape
         g = num_groups(b * length, cfg.max_group_size)
         tokens = constrain(x.reshape(g, -1, d), ("batch", None, "embed"))  # [G, S, D]

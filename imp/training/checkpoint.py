@@ -1,13 +1,21 @@
 """Orbax checkpoints of the train state plus the loop's JSON metadata (sampler, data positions,
-graph-table statistics).
+graph-table statistics), and the keeper of the best checkpoint by a held-out metric.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a run
-killed mid-save never leaves a checkpoint that restore would pick up. A checkpoint that is
-complete but unreadable (a damaged disk, a hand-edited file) is skipped for the one before it,
-with a warning.
+Nothing is lost on a restore:
+* orbax writes each step into a temporary directory and renames it when complete, so a run
+  killed mid-save never leaves a checkpoint that restore would pick up;
+* a checkpoint saved by another configuration (a parameter of another shape, another
+  optimizer) stops the run with the first mismatched leaf and both shapes, before anything
+  is touched;
+* a read that fails with an I/O error is retried; if it keeps failing the run stops and the
+  checkpoint stays where it is;
+* only a checkpoint whose files are damaged (corrupt or missing data) is set aside, renamed
+  `N.unreadable-<time>`, for the one before it.
 """
 
+import errno
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -17,6 +25,14 @@ from jax.experimental import multihost_utils
 
 from imp.errors import ImpError
 from imp.training.train_state import TrainState
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3  # reads of one checkpoint before an I/O error is reported
+_RETRY_SECONDS = 1.0
+# Status codes of tensorstore / gRPC storage errors that a later attempt may not see.
+_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
+_DAMAGE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 
 class Checkpointer:
@@ -33,12 +49,12 @@ class Checkpointer:
             },
         )
 
+    @property
+    def directory(self) -> Path:
+        return Path(self.manager.directory)
+
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
-
-    def parameter_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
-        """`{"a/b/kernel": shape}` of the parameters saved at `step` (metadata only)."""
-        return parameter_shapes(self.manager.item_metadata(step)["state"]["params"])
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -52,44 +68,95 @@ class Checkpointer:
             ),
         )
 
+    def shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """`{"params/a/kernel": shape}` of every leaf saved at `step` (metadata only)."""
+        return tree_shapes(self._read(step, lambda: self.manager.item_metadata(step)["state"]))
+
+    def check_matches(self, step: int, abstract_state: TrainState) -> None:
+        """An `ImpError` naming the first leaf whose shape differs between the checkpoint at
+        `step` and `abstract_state` (or that only one of them has)."""
+        saved, configured = self.shapes(step), tree_shapes(abstract_state)
+        # Parameters first: their names say more than the optimizer state's mirror of them.
+        for name in sorted(set(saved) | set(configured), key=lambda n: (n[:7] != "params/", n)):
+            a, b = saved.get(name), configured.get(name)
+            if a != b:
+                raise ImpError(
+                    f"the checkpoint at step {step} in {self.directory} does not match the "
+                    f"configured model: {name} is {_shape(a)} in the checkpoint and {_shape(b)} "
+                    "in the configuration; resume with the run's own config.gin, or train into "
+                    "a new MODEL_DIR"
+                )
+
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
-        """Restores `step` into the shardings carried by `abstract_state`."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-            ),
+        """Restores `step` into the shardings carried by `abstract_state`, after checking that
+        it matches; I/O errors are retried."""
+        self.check_matches(step, abstract_state)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
+        restored = self._read(step, lambda: self.manager.restore(step, args=args))
         return restored["state"], restored["meta"]
 
+    def meta(self, step: int) -> dict:
+        """The JSON metadata saved with `step`."""
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return self._read(step, lambda: self.manager.restore(step, args=args))["meta"]
+
     def restore_latest(self, abstract_state: TrainState) -> tuple[int, TrainState, dict] | None:
-        """The newest checkpoint that reads back, as `(step, state, meta)`; None without any."""
+        """The newest checkpoint that reads back, as `(step, state, meta)`; None without any.
+
+        A damaged checkpoint is set aside for the one before it; one of another configuration
+        or one that keeps failing with I/O errors stops with an `ImpError`, untouched."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
                 return (step, *self.restore(step, abstract_state))
-            except Exception as error:  # orbax and tensorstore raise many kinds
+            except _Damaged as damage:
                 aside = self._set_aside(step)
-                logging.getLogger(__name__).warning(
-                    "checkpoint at step %d in %s is unreadable (%s: %s); moved to %s, trying "
-                    "the one before",
+                log.warning(
+                    "checkpoint at step %d in %s is unreadable (%s); moved to %s, trying the "
+                    "one before",
                     step,
-                    self.manager.directory,
-                    type(error).__name__,
-                    str(error).splitlines()[0][:200] if str(error) else "",
+                    self.directory,
+                    damage,
                     aside.name,
                 )
         if steps:
-            raise ImpError(f"no checkpoint in {self.manager.directory} reads back (steps {steps})")
+            raise ImpError(f"no checkpoint in {self.directory} reads back (steps {steps})")
+        aside = sorted(p.name for p in self.directory.glob("*.unreadable-*"))
+        if aside:
+            raise ImpError(
+                f"{self.directory} holds only checkpoints set aside as unreadable ({aside}); "
+                "move them away to start this run over"
+            )
         return None
 
+    def _read(self, step: int, read):
+        """`read()`, retried on I/O errors; damaged data raises `_Damaged`."""
+        for attempt in range(RETRIES):
+            try:
+                return read()
+            except ImpError:
+                raise
+            except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds
+                if not _transient(error):
+                    raise _Damaged(_describe(error)) from error
+                if attempt + 1 == RETRIES:
+                    raise ImpError(
+                        f"cannot read the checkpoint at step {step} in {self.directory} "
+                        f"({_describe(error)}) after {RETRIES} attempts; nothing was changed, "
+                        "try again when the storage answers"
+                    ) from None
+                log.warning("reading step %d failed (%s); retrying", step, _describe(error))
+                time.sleep(_RETRY_SECONDS * (attempt + 1))
+        raise AssertionError("unreachable")
+
     def _set_aside(self, step: int) -> Path:
-        """Renames an unreadable step's folder so nothing restores it and the step can be
-        saved again (on the first process; the others wait for it)."""
-        directory = Path(self.manager.directory)
-        aside = directory / f"{step}.unreadable-{int(time.time())}"
+        """Renames a damaged step's folder so nothing restores it and the step can be saved
+        again (on the first process; the others wait for it)."""
+        aside = self.directory / f"{step}.unreadable-{int(time.time())}"
         if jax.process_index() == 0:
-            (directory / str(step)).rename(aside)
+            (self.directory / str(step)).rename(aside)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"imp.checkpoint.set_aside.{step}")
         self.manager.reload()
@@ -102,12 +169,73 @@ class Checkpointer:
         self.manager.close()
 
 
+class _Damaged(Exception):
+    """A checkpoint whose data cannot be read back (not an I/O hiccup)."""
+
+
+def _transient(error: BaseException) -> bool:
+    """An error a later attempt may not see: a storage or network failure, not missing or
+    corrupt data."""
+    if isinstance(error, OSError):
+        return error.errno not in _DAMAGE_ERRNOS
+    return any(code in str(error) for code in _TRANSIENT_CODES)
+
+
+def _describe(error: BaseException) -> str:
+    first = str(error).splitlines()[0][:200] if str(error) else ""
+    return f"{type(error).__name__}: {first}"
+
+
+def _shape(shape) -> str:
+    return "absent" if shape is None else str(tuple(shape))
+
+
 def _path(path) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    """`a/0/mu/kernel` for dict keys, sequence indices and named-tuple fields alike (orbax's
+    metadata holds named tuples as dicts)."""
+    return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
 
 
-def parameter_shapes(params) -> dict[str, tuple[int, ...]]:
-    """`{"a/b/kernel": shape}` of a parameter tree (arrays, `ShapeDtypeStruct`s or orbax's
-    array metadata)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_path(p): tuple(leaf.shape) for p, leaf in flat}
+def tree_shapes(tree) -> dict[str, tuple[int, ...]]:
+    """`{"a/b/kernel": shape}` of a tree of arrays, `ShapeDtypeStruct`s or orbax's array
+    metadata."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path(p): tuple(getattr(leaf, "shape", ())) for p, leaf in flat}
+
+
+LOWER_IS_BETTER = ("median_rank", "loss")
+
+
+class BestCheckpoint:
+    """The checkpoint with the best periodic value of one metric ("<task>/<metric>"), in
+    `directory`. The value is saved with it and read back, so a resumed run keeps comparing
+    against its earlier best. Higher is better except for ranks and losses."""
+
+    def __init__(self, directory: Path, metric: str):
+        self.metric = metric
+        self.task, _, self.name = metric.partition("/")
+        self.sign = -1.0 if any(word in self.name for word in LOWER_IS_BETTER) else 1.0
+        self.checkpointer = Checkpointer(directory, max_to_keep=1)
+        self.value = -math.inf
+        latest = self.checkpointer.latest_step()
+        if latest is not None:
+            meta = self.checkpointer.meta(latest)
+            if meta.get("metric") != metric:
+                raise ImpError(
+                    f"{directory} keeps the best checkpoint by '{meta.get('metric')}', not by "
+                    f"train.best_metric = '{metric}'; move it away or keep the metric"
+                )
+            self.value = self.sign * meta["value"]
+
+    def offer(self, step: int, state: TrainState, results: dict) -> bool:
+        """Saves `state` if `results` (`{task: {metric: {value}}}`) beats the best so far."""
+        value = results[self.task][self.name]["value"]
+        if self.sign * value <= self.value:
+            return False
+        self.value = self.sign * value
+        self.checkpointer.save(step, state, {"metric": self.metric, "value": value})
+        return True
+
+    def close(self) -> None:
+        self.checkpointer.wait()
+        self.checkpointer.close()

@@ -3,8 +3,11 @@
 import gin
 import optax
 
+from imp import validation
 
-@gin.configurable
+
+# Registered, not decorated: `Experiment.from_gin` applies the bindings (`make_optimizer.*`).
+@gin.register
 def make_optimizer(
     total_steps: int,
     learning_rate: float = 1e-3,
@@ -20,6 +23,21 @@ def make_optimizer(
     The cosine decays over `decay_steps` (default: the run's `total_steps`); fix it when a
     run will be extended, so that its first part follows the same schedule.
     """
+    for name, value, minimum in (
+        ("learning_rate", learning_rate, 0.0),
+        ("warmup_steps", warmup_steps, 0),
+        ("weight_decay", weight_decay, 0.0),
+        ("b1", b1, 0.0),
+        ("b2", b2, 0.0),
+    ):
+        validation.at_least(f"make_optimizer.{name}", value, minimum)
+    validation.require(
+        b1 < 1 and b2 < 1, f"make_optimizer: b1 = {b1} and b2 = {b2} must be below 1"
+    )
+    if clip_norm is not None:
+        validation.at_least("make_optimizer.clip_norm", clip_norm, 1e-12)
+    if decay_steps is not None:
+        validation.at_least("make_optimizer.decay_steps", decay_steps, 1)
     decay_steps = max(decay_steps or total_steps, 2)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, min(warmup_steps, decay_steps - 1), decay_steps

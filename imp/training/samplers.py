@@ -22,12 +22,14 @@
 `summed`. State (generator, loss averages) is JSON and goes into every checkpoint.
 """
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 import gin
 import numpy as np
 
+from imp import validation
 from imp.errors import ImpError, did_you_mean
 
 SCHEDULES = (
@@ -63,7 +65,7 @@ class Sampler:
         if schedule == "weighted":
             missing = sorted(set(names) - set(weights or {}))
             if missing:
-                raise ImpError(f"schedule 'weighted' needs make_sampler.weights for {missing}")
+                raise ImpError(f"schedule 'weighted' needs Schedule.weights for {missing}")
             rates = [weights[n] for n in names]
         rates = np.asarray(rates if schedule != "uniform" else [1.0] * len(names), np.float64)
         if not len(names) or len(rates) != len(names) or np.any(rates <= 0):
@@ -124,16 +126,37 @@ class Sampler:
         self.averages = {k: list(v) for k, v in state.get("averages", {}).items()}
 
 
-@gin.configurable
-def make_sampler(
-    names: Sequence[str],
-    rates: Sequence[float],
-    total_steps: int,
-    seed: int,
-    schedule: str = "proportional",
-    weights: dict[str, float] | None = None,
-    temperature: float = 0.05,
-    floor: float = 0.2,
-) -> Sampler:
-    """The run's task schedule (`make_sampler.schedule`, one of `SCHEDULES`)."""
-    return Sampler(schedule, names, rates, total_steps, seed, weights, temperature, floor)
+# Registered, not decorated: `Experiment.from_gin` reads the bindings (`Schedule.name = ...`).
+@gin.register
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """The run's task schedule: `name` from `SCHEDULES`, with `weights` for `weighted` and
+    `temperature` / `floor` for `loss_aware`."""
+
+    name: str = "proportional"
+    weights: dict[str, float] | None = None
+    temperature: float = 0.05
+    floor: float = 0.2
+
+    def __post_init__(self):
+        validation.check_fields(self, "Schedule")
+        if self.name not in SCHEDULES:
+            hint = did_you_mean(self.name, SCHEDULES) or f"; choose from {SCHEDULES}"
+            raise ImpError(f"Schedule.name = {self.name!r} is not a schedule{hint}")
+        validation.at_least("Schedule.temperature", self.temperature, 1e-6)
+        validation.require(
+            0.0 <= self.floor <= 1.0, f"Schedule.floor = {self.floor}: expected a number in [0, 1]"
+        )
+
+    @property
+    def joint(self) -> bool:
+        """Every task in every step."""
+        return self.name in JOINT
+
+    def sampler(
+        self, names: Sequence[str], rates: Sequence[float], total_steps: int, seed: int
+    ) -> Sampler:
+        """A fresh sampler over the tasks `names` with their mixture `rates`."""
+        return Sampler(
+            self.name, names, rates, total_steps, seed, self.weights, self.temperature, self.floor
+        )

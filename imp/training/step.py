@@ -10,6 +10,7 @@ A step whose loss or gradients are not finite changes nothing but the step count
 reports `skipped`; the loop decides when too many in a row stop the run.
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import gin
@@ -17,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from imp import objectives
+from imp import objectives, validation
 from imp.modeling.model import ImpModel
-from imp.tasks.registry import CLASSIFICATION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, TaskSpec
 from imp.training.train_state import TrainState
 
 
@@ -44,58 +45,83 @@ def _keep_untouched(new, old, untouched: set[str]):
     return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
-@gin.configurable(denylist=["model", "task", "params", "batch", "rng"])
-def task_loss(
-    model: ImpModel,
-    task: TaskSpec,
-    params,
-    batch: dict,
-    rng: jax.Array,
-    router_z_loss_weight: float = 0.0,
-    load_balancing_weight: float = 0.0,
-    label_smoothing: float = 0.0,
-    compute_dtype: str = "float32",
-) -> tuple[jax.Array, dict]:
-    """The task's weighted loss on `batch` and its metrics.
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+# Registered, not decorated: `Experiment.from_gin` reads the gin bindings once and the steps
+# receive a plain value, so gin is never consulted while a step is traced.
+@gin.register
+@dataclasses.dataclass(frozen=True)
+class TaskLoss:
+    """A task's weighted loss and its metrics, `(model, task, params, batch, rng) -> (loss,
+    metrics)`.
 
     `compute_dtype="bfloat16"` runs the model in bfloat16 on bfloat16 copies of the float32
-    parameters (their gradients flow back to float32); losses are computed in float32.
+    parameters (their gradients flow back to float32); losses are computed in float32. MoE
+    auxiliary losses (router z-loss, load balancing) are added with their weights; seed 004
+    trains experts-choose routing without them.
     """
-    inputs = {m: batch[m] for m in task.modalities}
-    if compute_dtype != "float32":
-        dtype = jnp.dtype(compute_dtype)
-        params = jax.tree.map(lambda p: p.astype(dtype) if p.dtype == jnp.float32 else p, params)
-        inputs = {m: x.astype(dtype) if x.dtype == jnp.float32 else x for m, x in inputs.items()}
-    head = task.head if task.objective in CLASSIFICATION else None
-    out = model.apply(
-        {"params": params},
-        inputs,
-        head=head,
-        drop_rate=task.drop_rate,
-        train=True,
-        rngs={"droptoken": rng},
-    )
-    out = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in out.items()}
-    if task.objective == "softmax":
-        loss, metrics = objectives.softmax_cross_entropy(
-            out["logits"], batch["label"], label_smoothing
+
+    router_z_loss_weight: float = 0.0
+    load_balancing_weight: float = 0.0
+    label_smoothing: float = 0.0
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        validation.check_fields(self, "TaskLoss")
+        for name in ("router_z_loss_weight", "load_balancing_weight", "label_smoothing"):
+            validation.at_least(f"TaskLoss.{name}", getattr(self, name), 0.0)
+        validation.require(
+            self.label_smoothing < 1.0,
+            f"TaskLoss.label_smoothing = {self.label_smoothing}: expected a number in [0, 1)",
         )
-    elif task.objective == "bce":
-        loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], batch["labels"])
-    else:
-        embeddings = {m: out[f"embedding/{m}"] for m in task.modalities}
-        loss, metrics = objectives.nce(embeddings, out["logit_scale"])
-        metrics["temperature"] = 1.0 / out["logit_scale"]
-    routing = {k: v for k, v in out.items() if k.startswith("routing/")}
-    if routing:
-        aux = {
-            name: jnp.mean(jnp.stack([v for k, v in routing.items() if k.endswith(name)]))
-            for name in ("/z_loss", "/load_balancing_loss")
-        }
-        loss = loss + router_z_loss_weight * aux["/z_loss"]
-        loss = loss + load_balancing_weight * aux["/load_balancing_loss"]
-        metrics.update(routing)
-    return task.loss_weight * loss, {**metrics, "loss": loss}
+        validation.require(
+            self.compute_dtype in COMPUTE_DTYPES,
+            f"TaskLoss.compute_dtype = {self.compute_dtype!r}: choose from {COMPUTE_DTYPES}",
+        )
+
+    def __call__(
+        self, model: ImpModel, task: TaskSpec, params, batch: dict, rng: jax.Array
+    ) -> tuple[jax.Array, dict]:
+        inputs = {m: batch[m] for m in task.modalities}
+        if self.compute_dtype != "float32":
+            dtype = jnp.dtype(self.compute_dtype)
+            params = jax.tree.map(
+                lambda p: p.astype(dtype) if p.dtype == jnp.float32 else p, params
+            )
+            inputs = {
+                m: x.astype(dtype) if x.dtype == jnp.float32 else x for m, x in inputs.items()
+            }
+        head = task.head if task.objective in CLASSIFICATION else None
+        out = model.apply(
+            {"params": params},
+            inputs,
+            head=head,
+            drop_rate=task.drop_rate,
+            train=True,
+            rngs={"droptoken": rng},
+        )
+        out = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in out.items()}
+        if task.objective == "softmax":
+            loss, metrics = objectives.softmax_cross_entropy(
+                out["logits"], batch["label"], self.label_smoothing
+            )
+        elif task.objective == "bce":
+            loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], batch["labels"])
+        else:
+            embeddings = {m: out[f"embedding/{m}"] for m in task.modalities}
+            loss, metrics = objectives.nce(embeddings, out["logit_scale"])
+            metrics["temperature"] = 1.0 / out["logit_scale"]
+        routing = {k: v for k, v in out.items() if k.startswith("routing/")}
+        if routing:
+            aux = {
+                name: jnp.mean(jnp.stack([v for k, v in routing.items() if k.endswith(name)]))
+                for name in ("/z_loss", "/load_balancing_loss")
+            }
+            loss = loss + self.router_z_loss_weight * aux["/z_loss"]
+            loss = loss + self.load_balancing_weight * aux["/load_balancing_loss"]
+            metrics.update(routing)
+        return task.loss_weight * loss, {**metrics, "loss": loss}
 
 
 def _select(finite, new, old):
@@ -107,6 +133,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     tasks: Sequence[TaskSpec],
+    loss: TaskLoss,
     freeze_untouched: bool = True,
 ) -> Callable:
     """`(state, batches, rng) -> (state, metrics)` minimising the sum of `tasks`' losses on
@@ -121,21 +148,21 @@ def make_train_step(
         total, metrics = 0.0, {}
         for i, task in enumerate(tasks):
             scale = task.lr_multiplier if len(tasks) > 1 else 1.0
-            loss, m = task_loss(model, task, params, batches[task.name], jax.random.fold_in(rng, i))
-            total = total + scale * loss
+            value, m = loss(model, task, params, batches[task.name], jax.random.fold_in(rng, i))
+            total = total + scale * value
             metrics.update({f"{task.name}/{k}": v for k, v in m.items()} if len(tasks) > 1 else m)
         return total, metrics
 
     def step(state: TrainState, batches: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (total, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], batches, rng
         )
         scale = tasks[0].lr_multiplier if len(tasks) == 1 else 1.0
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
         new_state = apply_gradients(state, grads, tx, tasks, freeze_untouched, scale, finite)
         metrics = {
             **metrics,
-            "loss": loss,
+            "loss": total,
             "grad_norm": optax.global_norm(grads),
             "learning_rate": scale * schedule(state["step"]),
             "skipped": ~finite,
@@ -168,12 +195,12 @@ def apply_gradients(
     }
 
 
-def make_grad_step(model: ImpModel, task: TaskSpec) -> Callable:
+def make_grad_step(model: ImpModel, task: TaskSpec, loss: TaskLoss) -> Callable:
     """`(params, batch, rng) -> (grads, metrics)` of one task (the accumulated schedule)."""
 
     def grad_step(params, batch, rng):
         (_, metrics), grads = jax.value_and_grad(
-            lambda p: task_loss(model, task, p, batch, rng), has_aux=True
+            lambda p: loss(model, task, p, batch, rng), has_aux=True
         )(params)
         grads = jax.tree.map(lambda g: g * task.lr_multiplier, grads)
         return grads, metrics
@@ -201,7 +228,9 @@ def make_apply_step(
     return apply_step
 
 
-def make_gradient_similarity(model: ImpModel, tasks: Sequence[TaskSpec]) -> Callable:
+def make_gradient_similarity(
+    model: ImpModel, tasks: Sequence[TaskSpec], loss: TaskLoss
+) -> Callable:
     """`(params, batches, rng) -> [tasks, tasks]` cosine similarity of the tasks' gradients
     on the shared encoder: negative entries are conflicting tasks (seed 004 §3.3)."""
     tasks = tuple(tasks)
@@ -209,9 +238,7 @@ def make_gradient_similarity(model: ImpModel, tasks: Sequence[TaskSpec]) -> Call
     def similarity(params, batches, rng):
         flat = []
         for task in tasks:
-            grads = jax.grad(lambda p, t=task: task_loss(model, t, p, batches[t.name], rng)[0])(
-                params
-            )
+            grads = jax.grad(lambda p, t=task: loss(model, t, p, batches[t.name], rng)[0])(params)
             flat.append(jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads["encoder"])]))
         g = jnp.stack(flat)
         g = g / jnp.maximum(jnp.linalg.norm(g, axis=1, keepdims=True), 1e-12)

@@ -8,14 +8,12 @@ signature (shapes, dtypes, shardings) of their inputs, so each compiles once.
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imp.modeling.model import ImpModel
-from imp.partitioning.partitioner import Partitioner
-from imp.tasks.registry import TaskSpec
 from imp.training.graph_table import GraphTable, signature
 from imp.training.step import (
     make_apply_step,
@@ -24,22 +22,22 @@ from imp.training.step import (
     make_train_step,
 )
 
+if TYPE_CHECKING:
+    from imp.experiment import Experiment
+
 
 class Trainer:
-    def __init__(
-        self,
-        model: ImpModel,
-        tx,
-        schedule,
-        specs: dict[str, TaskSpec],
-        partitioner: Partitioner,
-        shardings,
-        accumulate: bool = False,
-        freeze_untouched: bool = True,
-    ):
-        self.model, self.tx, self.schedule = model, tx, schedule
-        self.specs, self.partitioner, self.shardings = specs, partitioner, shardings
-        self.accumulate, self.freeze_untouched = accumulate, freeze_untouched
+    """The experiment's compiled steps: one graph per (tasks, input signature) in its table.
+    `freeze_untouched` keeps the parameters a step's tasks do not read (and their optimizer
+    state) exactly as they were (`imp.training.step`)."""
+
+    def __init__(self, experiment: "Experiment", freeze_untouched: bool = True):
+        self.model, self.tx = experiment.model, experiment.tx
+        self.schedule, self.loss = experiment.learning_rate, experiment.loss
+        self.specs, self.partitioner = experiment.specs, experiment.partitioner
+        self.shardings = experiment.shardings
+        self.accumulate = experiment.schedule.name == "accumulated"
+        self.freeze_untouched = freeze_untouched
         self.table = GraphTable()
 
     def _compile(self, fn: Callable, args: tuple, in_shardings, out_shardings, donate=()):
@@ -55,7 +53,9 @@ class Trainer:
         tasks = [self.specs[n] for n in names]
         label = names[0] if len(names) == 1 else "summed"
         key = (label, tuple(t.objective for t in tasks), signature(batches))
-        fn = make_train_step(self.model, self.tx, self.schedule, tasks, self.freeze_untouched)
+        fn = make_train_step(
+            self.model, self.tx, self.schedule, tasks, self.loss, self.freeze_untouched
+        )
         replicated = self.partitioner.replicated()
         compile_fn = self._compile(
             fn,
@@ -68,7 +68,7 @@ class Trainer:
 
     def _grad_job(self, name: str, params, batch, rng):
         key = (name, ("gradient",), signature(batch))
-        fn = make_grad_step(self.model, self.specs[name])
+        fn = make_grad_step(self.model, self.specs[name], self.loss)
         replicated = self.partitioner.replicated()
         compile_fn = self._compile(
             fn,
@@ -135,7 +135,7 @@ class Trainer:
     def gradient_similarity(self, state, batches: dict, rng) -> np.ndarray:
         """Cosine similarity of the tasks' encoder gradients (`batches`: task -> batch)."""
         names = tuple(batches)
-        fn = make_gradient_similarity(self.model, [self.specs[n] for n in names])
+        fn = make_gradient_similarity(self.model, [self.specs[n] for n in names], self.loss)
         replicated = self.partitioner.replicated()
         key = ("gradient_similarity", names, signature(batches))
         compile_fn = self._compile(

@@ -1,0 +1,311 @@
+"""`Experiment`: everything a command needs to know about a run, assembled and validated before
+any data is read or any graph compiled.
+
+An experiment holds the run directory, the training tasks (with their `task_options`), the
+model with one classifier head per classification data set, the partitioner and its mesh, the
+optimizer and learning-rate schedule, the loss and the task schedule, the train-state
+shardings and the abstract train state. Constructing one checks every task variant's training
+and evaluation inputs against the model (patch sizes dividing the inputs, grids within the
+position tables, text within `max_text_length`, the vocabulary, batches that split over the
+mesh, MoE routing groups), so a wrong value costs seconds and names its binding.
+
+`imp train`, `imp eval`, `imp data inspect`, `imp ablation` and `imp bench` receive one. gin
+binds the recipe under the name `Experiment` and the parts under their own names:
+
+    Experiment.model_dir = %MODEL_DIR
+    Experiment.train_steps = %TRAIN_STEPS
+    Experiment.mixture_or_task_name = %MIXTURE_OR_TASK_NAME
+    Experiment.prepare_data = @prepare_demo
+    ImpModel.d_model = 128            # Partitioner.*, make_optimizer.*, TaskLoss.*, Schedule.*
+
+`Experiment.from_gin()` reads all of them once; nothing below reads gin again. Benchmarks and
+tests build one in code: `Experiment(tasks=..., model=ImpModel(...))`.
+"""
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import gin
+import jax
+import optax
+
+from imp import validation
+from imp.errors import ImpError
+from imp.evaluation import evaluator
+from imp.modeling.model import ImpModel, check_config, check_routing_groups, tokens_per_example
+from imp.partitioning.partitioner import Partitioner
+from imp.tasks import registry
+from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.training import train_state
+from imp.training.optimizer import make_optimizer
+from imp.training.samplers import Sampler, Schedule
+from imp.training.step import TaskLoss
+from imp.training.train_state import TrainState
+
+TASK_OPTIONS = {"loss_weight": float, "lr_multiplier": float, "head_name": str}
+_NO_RUN = (
+    "no run is configured ({missing} unbound): the gin files given describe a model, not what "
+    "to train; add a run file, e.g. --gin_file runs/demo.gin, or gin/data/my_videos.gin for "
+    "your own data"
+)
+
+
+@gin.register("Experiment")
+def _recipe(
+    model_dir: str | None = None,
+    train_steps: int | None = None,
+    mixture_or_task_name: str | None = None,
+    prepare_data: Callable[[], object] | None = None,
+    task_options: dict | None = None,
+    seed: int = 0,
+) -> dict:
+    """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
+    hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
+    lr_multiplier, head_name}}` and the seed of initialisation, sampling and data order."""
+    return dict(
+        model_dir=model_dir,
+        train_steps=train_steps,
+        mixture_or_task_name=mixture_or_task_name,
+        prepare_data=prepare_data,
+        task_options=task_options,
+        seed=seed,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A validated run: see the module docstring. Parts left as None take their defaults
+    (equal rates, `Partitioner()`, `make_optimizer(train_steps)`, `TaskLoss()`, `Schedule()`)."""
+
+    tasks: tuple[TaskSpec, ...]
+    model: ImpModel
+    train_steps: int = 1000
+    rates: tuple[float, ...] | None = None
+    partitioner: Partitioner | None = None
+    tx: optax.GradientTransformation | None = None
+    learning_rate: optax.Schedule | None = None
+    loss: TaskLoss = TaskLoss()
+    schedule: Schedule = Schedule()
+    seed: int = 0
+    run_dir: Path | None = None
+    config: str = ""  # the operative gin config it was built from
+    shardings: TrainState = dataclasses.field(init=False, repr=False)
+    abstract_state: TrainState = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self):
+        def put(name, value):
+            object.__setattr__(self, name, value)
+
+        _check_steps(self.train_steps)
+        validation.require(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool),
+            f"Experiment.seed = {self.seed!r}: expected an integer",
+        )
+        validation.require(bool(self.tasks), "the experiment has no tasks")
+        put("tasks", tuple(self.tasks))
+        put("rates", tuple(float(r) for r in self.rates or [1.0] * len(self.tasks)))
+        if self.partitioner is None:
+            put("partitioner", Partitioner())
+        if self.tx is None:
+            tx, learning_rate = make_optimizer(self.train_steps)
+            put("tx", tx)
+            put("learning_rate", learning_rate)
+        check_config(self.model)
+        put("model", self.model.clone(heads=_heads(self.tasks)))
+        self.new_sampler()  # checks the schedule against the tasks
+        for spec in self.tasks:
+            self._check_task(spec)
+        put("shardings", train_state.state_shardings(self.model, self.tx, self.partitioner))
+        put("abstract_state", train_state.abstract(self.shardings, self.model, self.tx))
+
+    @classmethod
+    def from_gin(cls, *, writable: bool = True, **overrides) -> "Experiment":
+        """The experiment the parsed gin config describes, with `overrides` of the recipe
+        (e.g. `model_dir=` for `imp eval`, `mixture_or_task_name=` for `imp data inspect`).
+        With `writable`, the run directory must be creatable."""
+        recipe = gin.get_configurable(_recipe)()
+        assert set(overrides) <= set(recipe), overrides
+        recipe.update({k: v for k, v in overrides.items() if v is not None})
+        missing = [f"Experiment.{k}" for k in ("model_dir", "train_steps") if recipe[k] is None]
+        if recipe["mixture_or_task_name"] is None:
+            missing.append("Experiment.mixture_or_task_name")
+        if missing:
+            raise ImpError(_NO_RUN.format(missing=", ".join(missing)))
+        for name, value, expected in (
+            ("model_dir", recipe["model_dir"], str),
+            ("mixture_or_task_name", recipe["mixture_or_task_name"], str),
+        ):
+            validation.require(
+                isinstance(value, expected) and value,
+                f"Experiment.{name} = {value!r}: expected a non-empty string",
+            )
+        run_dir = Path(recipe["model_dir"]).expanduser()
+        if writable:
+            _check_creatable(run_dir)
+        if recipe["prepare_data"] is not None:
+            validation.require(
+                callable(recipe["prepare_data"]),
+                f"Experiment.prepare_data = {recipe['prepare_data']!r}: expected a function "
+                "reference such as @prepare_demo",
+            )
+            recipe["prepare_data"]()
+        resolved = registry.resolve(recipe["mixture_or_task_name"])
+        tasks = _with_options([spec for spec, _ in resolved], recipe["task_options"])
+        model = gin.get_configurable(ImpModel)()
+        check_config(model)  # before its values reach anything else
+        train_steps = _check_steps(recipe["train_steps"])
+        tx, learning_rate = gin.get_configurable(make_optimizer)(train_steps)
+        return cls(
+            tasks=tuple(tasks),
+            rates=tuple(rate for _, rate in resolved),
+            model=model,
+            train_steps=train_steps,
+            partitioner=gin.get_configurable(Partitioner)(),
+            tx=tx,
+            learning_rate=learning_rate,
+            loss=gin.get_configurable(TaskLoss)(),
+            schedule=gin.get_configurable(Schedule)(),
+            seed=recipe["seed"],
+            run_dir=run_dir,
+            config=gin.operative_config_str(),
+        )
+
+    @property
+    def specs(self) -> dict[str, TaskSpec]:
+        return {spec.name: spec for spec in self.tasks}
+
+    def new_sampler(self) -> Sampler:
+        """A fresh sampler of the task schedule (its state goes into every checkpoint)."""
+        return self.schedule.sampler(
+            [s.name for s in self.tasks], self.rates, self.train_steps, self.seed
+        )
+
+    def tokens_per_example(self, spec: TaskSpec, train: bool = True) -> int:
+        """Encoder tokens of one example of `spec`, all inputs together."""
+        shapes = spec.input_shapes(train)
+        return sum(tokens_per_example(self.model, shapes, spec.drop_rate if train else 0).values())
+
+    def metric_names(self, evaluations: Sequence[str]) -> dict[str, list[str]]:
+        """Per evaluated task, the names of the metrics `evaluations` will report."""
+        return {
+            name: evaluator.metric_names(spec, evaluations)
+            for name, spec in evaluator.tasks_to_evaluate(self.tasks).items()
+        }
+
+    def evaluate(self, params, evaluations: Sequence[str]) -> dict[str, dict]:
+        """`{task: {metric: {value, chance}}}` on the held-out data of every data set
+        (collective: every process calls it)."""
+        return evaluator.evaluate(self, params, evaluations)
+
+    @functools.cached_property
+    def compiled_forwards(self) -> dict:
+        """The evaluator's compiled forward passes, kept across evaluations of this
+        experiment (periodic evaluation during training compiles each once)."""
+        return {}
+
+    def make_run_dir(self) -> Path:
+        """Creates the run directory (checked writable when the experiment was built)."""
+        assert self.run_dir is not None, "an experiment built without a run directory"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ImpError(f"MODEL_DIR '{self.run_dir}' is not writable ({e.strerror})") from None
+        return self.run_dir
+
+    def _check_task(self, spec: TaskSpec) -> None:
+        where = f"task '{spec.name}'" + (
+            f" (variant {spec.variant})" if spec.variant != "base" else ""
+        )
+        validation.require(
+            isinstance(spec.batch_size, int) and spec.batch_size >= 1,
+            f"{where}: batch_size = {spec.batch_size}; every variant needs a batch of at least "
+            "1 (a quarter-batch variant divides the data set's batch_size by 4)",
+        )
+        shards = self.partitioner.data_parallelism
+        validation.require(
+            spec.batch_size % shards == 0 and spec.batch_size % jax.process_count() == 0,
+            f"{where}: batch {spec.batch_size} does not split over the {shards} data-parallel "
+            f"devices of {jax.process_count()} process(es) (Partitioner mesh "
+            f"{dict(self.partitioner.mesh.shape)})",
+        )
+        validation.require(
+            spec.vocab_size <= self.model.vocab_size,
+            f"ImpModel.vocab_size = {self.model.vocab_size} is smaller than the vocabulary of "
+            f"{where} ({spec.vocab_size} ids); bind ImpModel.vocab_size >= {spec.vocab_size}",
+        )
+        for train, label in ((True, "training input"), (False, "evaluation input")):
+            try:
+                tokens = tokens_per_example(
+                    self.model, spec.input_shapes(train), spec.drop_rate if train else 0.0
+                )
+            except ImpError as error:
+                hint = "" if train else " (Dataset.eval_height / eval_width)"
+                raise ImpError(f"{where}, {label}{hint}: {error.message}") from None
+            rows = spec.batch_size if train else evaluator.batch_size(self.partitioner)
+            for modality, count in tokens.items():
+                check_routing_groups(self.model, count * rows, f"{where}, {label} {modality}")
+
+
+def _check_steps(train_steps) -> int:
+    validation.require(
+        isinstance(train_steps, int) and not isinstance(train_steps, bool) and train_steps >= 1,
+        f"Experiment.train_steps (TRAIN_STEPS) = {train_steps!r}: expected an integer >= 1",
+    )
+    return train_steps
+
+
+def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple[str, int], ...]:
+    """One classifier head per name (`head_name`, default the data set) with its classes; tasks
+    sharing a head must agree on the class count."""
+    heads: dict[str, int] = {}
+    for spec in tasks:
+        if spec.objective not in CLASSIFICATION:
+            continue
+        if heads.setdefault(spec.head, spec.num_classes) != spec.num_classes:
+            raise ImpError(
+                f"task '{spec.name}' shares the classifier head '{spec.head}' with a task of "
+                f"{heads[spec.head]} classes but has {spec.num_classes}; give it its own "
+                "head_name in Experiment.task_options"
+            )
+    return tuple(sorted(heads.items()))
+
+
+def _with_options(tasks: list[TaskSpec], options: dict | None) -> list[TaskSpec]:
+    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name}) applied."""
+    if options is None:
+        return tasks
+    validation.require(
+        isinstance(options, dict),
+        f"Experiment.task_options = {options!r}: expected a dict of task -> options",
+    )
+    names = {spec.name for spec in tasks}
+    unknown = sorted(set(options) - names)
+    validation.require(
+        not unknown, f"Experiment.task_options names tasks outside the mixture: {unknown}"
+    )
+    for name, fields in options.items():
+        where = f"Experiment.task_options['{name}']"
+        validation.require(isinstance(fields, dict), f"{where} = {fields!r}: expected a dict")
+        extra = sorted(set(fields) - set(TASK_OPTIONS))
+        validation.require(
+            not extra, f"{where}: unknown fields {extra}; allowed: {sorted(TASK_OPTIONS)}"
+        )
+        for field, value in fields.items():
+            mismatch = validation.describe_mismatch(value, TASK_OPTIONS[field])
+            validation.require(not mismatch, f"{where}['{field}'] = {value!r}: expected {mismatch}")
+        validation.at_least(f"{where}['loss_weight']", fields.get("loss_weight", 1.0), 0.0)
+        validation.at_least(f"{where}['lr_multiplier']", fields.get("lr_multiplier", 1.0), 0.0)
+    return [dataclasses.replace(spec, **options.get(spec.name, {})) for spec in tasks]
+
+
+def _check_creatable(run_dir: Path) -> None:
+    """The run directory exists as a writable folder, or its nearest existing parent is one."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not a directory" if not existing.is_dir() else "permission denied"
+        raise ImpError(f"MODEL_DIR '{run_dir}' is not writable ({existing}: {reason})")

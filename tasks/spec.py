@@ -1,0 +1,75 @@
+"""What the training loop knows of a task: `TaskSpec`, free of seqio and TensorFlow, so the train
+step, the partitioning workers and the benchmarks import it without an input pipeline.
+
+A `TaskSpec` says everything needed to build one graph: the objective, which modalities feed the
+model, the global batch and the per-example input shapes (in training and in evaluation), and
+the classifier head.
+"""
+
+import dataclasses
+
+from imp.errors import ImpError
+
+CLASSIFICATION = ("softmax", "bce")  # single-label, multi-label (sigmoid)
+OBJECTIVES = ("nce", *CLASSIFICATION)
+MODALITIES = ("vision", "waveform", "spectrogram", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    dataset: str  # the data set; names the classifier head shared by its tasks
+    objective: str  # "nce" (contrastive over modality pairs), "softmax" or "bce"
+    modalities: tuple[str, ...]  # model inputs, a subset of MODALITIES
+    num_examples: int  # training examples
+    batch_size: int  # global batch
+    frames: int = 1
+    height: int = 32
+    width: int = 32
+    num_samples: int = 0  # waveform samples per example
+    text_length: int = 16
+    vocab_size: int = 0  # of the text vocabulary; 0 without text
+    drop_rate: float = 0.0  # DropToken ratio (seed 004 §3.4)
+    class_names: tuple[str, ...] = ()
+    class_prompts: tuple[tuple[str, ...], ...] = ()  # per class, captions for zero-shot
+    spectrogram: tuple[int, ...] = ()  # (time frames, mel bins) of the log-mel input
+    variant: str = "base"  # multi-resolution variant (see `imp.tasks.datasets.variants`)
+    eval_task: str = ""  # seqio Task with the data set's evaluation inputs; "" = this one
+    eval_split: str = "validation"
+    eval_height: int = 0  # evaluation frame size; 0 = `height` / `width`
+    eval_width: int = 0
+    eval_clips: int = 1  # clips per evaluation example, averaged
+    loss_weight: float = 1.0
+    lr_multiplier: float = 1.0
+    head_name: str = ""  # the classifier head; "" = one per data set
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ImpError(f"task '{self.name}': objective '{self.objective}' not in {OBJECTIVES}")
+        unknown = set(self.modalities) - set(MODALITIES)
+        if unknown:
+            raise ImpError(f"task '{self.name}': unknown modalities {sorted(unknown)}")
+        if self.objective in CLASSIFICATION and not self.class_names:
+            raise ImpError(f"task '{self.name}': a {self.objective} task needs class_names")
+
+    @property
+    def head(self) -> str:
+        return self.head_name or self.dataset
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def input_shapes(self, train: bool = True) -> dict[str, tuple[int, ...]]:
+        """Per-example shape of each model input, in training or in evaluation (where frames
+        may have another size; several clips are flattened into the batch)."""
+        height, width = self.height, self.width
+        if not train:
+            height, width = self.eval_height or height, self.eval_width or width
+        shapes = {
+            "vision": (self.frames, height, width, 3),
+            "waveform": (self.num_samples,),
+            "spectrogram": tuple(self.spectrogram),
+            "text": (self.text_length,),
+        }
+        return {m: shapes[m] for m in self.modalities}
