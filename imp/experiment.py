@@ -34,10 +34,8 @@ import optax
 
 from imp import validation
 from imp.errors import ImpError
-from imp.evaluation import evaluator
 from imp.modeling.model import ImpModel, check_config, check_routing_groups, tokens_per_example
 from imp.partitioning.partitioner import Partitioner
-from imp.tasks import registry
 from imp.tasks.spec import CLASSIFICATION, TaskSpec
 from imp.training import train_state
 from imp.training.optimizer import make_optimizer
@@ -152,6 +150,8 @@ class Experiment:
                 "reference such as @prepare_demo",
             )
             recipe["prepare_data"]()
+        from imp.tasks import registry  # seqio: only experiments of registered tasks need it
+
         resolved = registry.resolve(recipe["mixture_or_task_name"])
         tasks = _with_options([spec for spec, _ in resolved], recipe["task_options"])
         model = gin.get_configurable(ImpModel)()
@@ -190,6 +190,7 @@ class Experiment:
 
     def metric_names(self, evaluations: Sequence[str]) -> dict[str, list[str]]:
         """Per evaluated task, the names of the metrics `evaluations` will report."""
+        evaluator = _evaluator()
         return {
             name: evaluator.metric_names(spec, evaluations)
             for name, spec in evaluator.tasks_to_evaluate(self.tasks).items()
@@ -198,7 +199,7 @@ class Experiment:
     def evaluate(self, params, evaluations: Sequence[str]) -> dict[str, dict]:
         """`{task: {metric: {value, chance}}}` on the held-out data of every data set
         (collective: every process calls it)."""
-        return evaluator.evaluate(self, params, evaluations)
+        return _evaluator().evaluate(self, params, evaluations)
 
     @functools.cached_property
     def compiled_forwards(self) -> dict:
@@ -244,9 +245,19 @@ class Experiment:
             except ImpError as error:
                 hint = "" if train else " (Dataset.eval_height / eval_width)"
                 raise ImpError(f"{where}, {label}{hint}: {error.message}") from None
-            rows = spec.batch_size if train else evaluator.batch_size(self.partitioner)
+            if not self.model.num_experts:
+                continue
+            rows = spec.batch_size if train else _evaluator().batch_size(self.partitioner)
             for modality, count in tokens.items():
                 check_routing_groups(self.model, count * rows, f"{where}, {label} {modality}")
+
+
+def _evaluator():
+    """`imp.evaluation.evaluator`, imported on first use: it reads data (TensorFlow), which an
+    experiment that only trains synthetic batches (a benchmark) never needs."""
+    from imp.evaluation import evaluator
+
+    return evaluator
 
 
 def _check_steps(train_steps) -> int:

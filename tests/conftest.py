@@ -14,12 +14,43 @@ import tempfile
 
 import pytest
 
+# XLA's LLVM backend at -O0: the tiny test graphs compile ~40% faster and run slower, which
+# only the learning test would feel (it runs in a subprocess without this flag).
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 _CACHE_MADE_HERE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # at import: before anything imports JAX
     _CACHE_MADE_HERE = tempfile.mkdtemp(prefix="imp-test-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_MADE_HERE
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+# The longest test files first, so that the two xdist workers finish together (files are
+# handed out whole, in collection order).
+LONGEST_FIRST = (
+    "test_train.py",
+    "test_eval.py",
+    "test_bench.py",
+    "test_partitioning.py",
+    "test_multihost.py",
+    "test_demo.py",
+    "test_ablation.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
+def with_devices(count: int) -> str:
+    """XLA_FLAGS for a subprocess: the test run's, with `count` virtual CPU devices."""
+    return f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"
 
 
 def pytest_unconfigure(config):
@@ -54,16 +85,7 @@ def world_dir(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def full_world_dir(tmp_path_factory):
-    from imp.data import demo_world
-
-    out = tmp_path_factory.mktemp("full_world") / "demo"
-    demo_world.generate(out, seed=0)
-    return out
-
-
-def demo_bindings(model_dir, steps, world_dir, mixture="demo_all", tiny=True) -> list[str]:
+def demo_bindings(model_dir, steps, world_dir, mixture="demo_all") -> list[str]:
     """Gin bindings of the demo run at test size: the small world, batch 8, the TINY model."""
     return [
         f"MODEL_DIR = '{model_dir}'",
@@ -73,26 +95,22 @@ def demo_bindings(model_dir, steps, world_dir, mixture="demo_all", tiny=True) ->
         f"prepare_demo.num_images = {WORLD_IMAGES}",
         "prepare_demo.batch_size = 8",
         *SHARED,
-        *(TINY if tiny else []),
+        *TINY,
     ]
 
 
 PAIR = "test_pair"  # two tasks of different objectives: all a loop test needs
 
 
-def configure_run(world_dir, model_dir, steps, *bindings, mixture=PAIR, data_dir=None, tiny=True):
-    """Parses the demo run at test size (the small world, batch 8 and the TINY model unless
-    `data_dir` / `tiny` say otherwise); returns its `(Experiment, TrainOptions)`, for
-    `loop.train(*configure_run(...))`."""
+def configure_run(world_dir, model_dir, steps, *bindings, mixture=PAIR):
+    """Parses the demo run at test size (the small world, batch 8, the TINY model); returns its
+    `(Experiment, TrainOptions)`, for `loop.train(*configure_run(...))`."""
     from imp import config
     from imp.experiment import Experiment
     from imp.training import loop
 
     _register_test_world()
-    lines = demo_bindings(model_dir, steps, world_dir, mixture, tiny)
-    if data_dir:  # the full world at the demo's own batch
-        lines = [line for line in lines if not line.startswith("prepare_demo.")]
-        lines.append(f"prepare_demo.data_dir = '{data_dir}'")
+    lines = demo_bindings(model_dir, steps, world_dir, mixture)
     if mixture == PAIR:  # registered in this process only: not for runs a subprocess reads
         lines.append("Experiment.prepare_data = @prepare_test_world")
     config.parse(["runs/demo.gin"], [*lines, *bindings])

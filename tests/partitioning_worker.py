@@ -5,16 +5,19 @@ tests start it as a subprocess, once per device count (and, for multi-host, per 
         [--num_processes 2 --process_id 0 --port 12345]
 
 RUNS is a JSON list of `{"name", "mesh": [expert, data, model], "devices": k (the first k
-devices; default all), "moe": bool, "save": dir, "restore": dir}`. The result file (written by
-the first process) maps each name to its losses, first-step gradients, final parameters,
-parameter shardings and, for trained runs, whether the step has an all-to-all and its
-activation sharding constraints. It imports no TensorFlow: the train step never needs it.
+devices; default all), "moe": bool, "save": dir, "restore": dir, "constraints": bool}`. The
+result file (written by the first process) maps each name to its losses, first SGD update,
+final parameters, parameter shardings and, for trained runs, whether the step has an
+all-to-all (and, with "constraints", its lowered activation sharding constraints). It imports
+no TensorFlow: the train step never needs it.
 """
 
 import argparse
 import json
 import os
 import sys
+
+LEARNING_RATE = 0.1
 
 
 def main() -> None:
@@ -26,7 +29,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    flags = os.environ.get("XLA_FLAGS", "")  # the test run's, plus the device count
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}"
 
     import jax
 
@@ -44,7 +48,9 @@ def main() -> None:
 def _run(run: dict, args) -> dict:
     import flax.linen as nn
     import jax
+    import jax.numpy as jnp
     import numpy as np
+    import optax
     import orbax.checkpoint as ocp
     from jax.experimental import multihost_utils
 
@@ -52,7 +58,6 @@ def _run(run: dict, args) -> dict:
     from imp.partitioning.partitioner import Partitioner
     from imp.tasks.spec import TaskSpec
     from imp.training import train_state
-    from imp.training.optimizer import make_optimizer
     from imp.training.step import TaskLoss, make_train_step
 
     expert, data, model_axis = run["mesh"]
@@ -73,7 +78,9 @@ def _run(run: dict, args) -> dict:
         **moe,
     )
     task = TaskSpec("t", "d", "nce", ("vision", "text"), 100, 16)
-    tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
+    # Plain SGD: the first update is the gradient (times -lr), and mesh differences show
+    # unamplified (Adam's 1/sqrt(v) would magnify the noise on near-zero gradients).
+    tx, schedule = optax.sgd(LEARNING_RATE), optax.constant_schedule(LEARNING_RATE)
     shardings = train_state.state_shardings(model, tx, partitioner)
 
     def gathered(tree) -> dict:
@@ -107,37 +114,25 @@ def _run(run: dict, args) -> dict:
         key = jax.random.key(1)
         batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
         replicated = partitioner.replicated()
-        loss = TaskLoss()
-
-        def loss_of(params, batch):  # the train step's loss at its first step
-            return loss(model, task, params, batch["t"], jax.random.fold_in(key, 0))[0]
-
-        grads = partitioner.compile(
-            jax.grad(loss_of),
-            (state["params"], batch),
-            (shardings["params"], batch_shardings),
-            shardings["params"],
-        )(state["params"], batch)
-        out["grads"] = gathered(grads)
-        step = make_train_step(model, tx, schedule, [task], loss)
+        start = state["params"]
+        step = make_train_step(model, tx, schedule, [task], TaskLoss())
         in_shardings = (shardings, batch_shardings, replicated)
         compiled = partitioner.compile(
             step, (state, batch, key), in_shardings, (shardings, replicated)
         )
-        with jax.set_mesh(partitioner.mesh), nn.logical_axis_rules(partitioner.rules):
-            lowered = jax.jit(
-                step, in_shardings=in_shardings, out_shardings=(shardings, replicated)
-            )
-            stablehlo = lowered.lower(state, batch, key).as_text()
-        for _ in range(3):
+        for i in range(3):
             state, metrics = compiled(state, batch, key)
             out["losses"].append(float(metrics["loss"]))
-        out["extra"] = {
-            "all_to_all": "all-to-all" in compiled.as_text(),
-            "constraint_axes": [
+            if i == 0:  # -lr x the gradient
+                out["first_update"] = gathered(jax.tree.map(jnp.subtract, state["params"], start))
+        out["extra"] = {"all_to_all": "all-to-all" in compiled.as_text()}
+        if run.get("constraints"):  # the activation constraints, as lowered
+            jitted = jax.jit(step, in_shardings=in_shardings, out_shardings=(shardings, replicated))
+            with jax.set_mesh(partitioner.mesh), nn.logical_axis_rules(partitioner.rules):
+                stablehlo = jitted.lower(state, batch, key).as_text()
+            out["extra"]["constraint_axes"] = [
                 line for line in stablehlo.splitlines() if "sharding_constraint" in line
-            ],
-        }
+            ]
         if run.get("save"):
             manager = ocp.CheckpointManager(run["save"])
             manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))

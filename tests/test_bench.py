@@ -12,9 +12,22 @@ from imp.bench import BENCHMARKS
 TINY_MODEL = ["--repeats", "1"]
 CASES = {
     "scan_compile": ["--depths", "1", "--d_model", "16", "--batch", "2"],
-    "remat": ["--batch", "2", "--frames", "2", "--resolution", "16", "--policies", "none,full"],
-    "graph_table": ["--structures", "1", "--steps_per_task", "1"],
+    "remat": [
+        "--size",
+        "micro",
+        "--batch",
+        "2",
+        "--frames",
+        "2",
+        "--resolution",
+        "16",
+        "--policies",
+        "none,full",
+    ],
+    "graph_table": ["--size", "micro", "--structures", "1", "--steps_per_task", "1"],
     "agd_vs_mixed": [
+        "--size",
+        "micro",
         "--image_batch",
         "4",
         "--video_batch",
@@ -26,7 +39,7 @@ CASES = {
         "--samples",
         "512",
     ],
-    "moe_overhead": ["--sizes", "tiny", "--experts", "2", "--batch", "2", "--devices", "2"],
+    "moe_overhead": ["--sizes", "micro", "--experts", "2", "--batch", "2", "--devices", "2"],
 }
 ROW_KEYS = {
     "scan_compile": {"layers", "scan_median_s", "unrolled_median_s", "speedup"},

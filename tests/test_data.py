@@ -180,7 +180,10 @@ def test_variants_keep_tokens_per_batch_equal(multires):
 
 
 def test_every_variant_feeds_its_shapes(multires):
+    """Every variant of the richest video task (vision, sound, text) and image task."""
     for name, (spec, _) in multires.items():
+        if not name.startswith(("digit_videos_audio_text", "digit_images_text")):
+            continue
         batch = next(feeding.batches(spec, "train", 0, train=True))
         assert batch["vision"].shape == (
             spec.batch_size,

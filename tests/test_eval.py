@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import configure_run, experiment_of
+from conftest import configure_run, experiment_of, with_devices
 
 from imp import cli
 from imp.training import loop
@@ -19,9 +19,9 @@ from imp.training import loop
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, world_dir):
     out = tmp_path_factory.mktemp("eval_run")
-    loop.train(
-        *configure_run(world_dir, out, 10, "train.evaluate_at_end = False", mixture="demo_all")
-    )
+    # Every task in every step: one graph to compile for all five.
+    summed = ("train.evaluate_at_end = False", "Schedule.name = 'summed'")
+    loop.train(*configure_run(world_dir, out, 10, *summed, mixture="demo_all"))
     return out
 
 
@@ -148,7 +148,7 @@ def test_prompt_ensembling_averages_normalised_prompt_embeddings(run_dir):
 
 def test_eval_on_another_mesh_gives_the_same_metrics(evaluated, run_dir, tmp_path):
     """Trained on 1 device; evaluated on 8 virtual devices with data and model axes."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": with_devices(8)}
     argv = [
         sys.executable,
         "-m",

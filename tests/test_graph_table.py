@@ -84,8 +84,11 @@ def test_persistent_cache_serves_a_restart(tmp_path, capsys):
         restart = GraphTable()
         restart.lookup(("t",), _step_compile_fn(x))
         jax.monitoring.unregister_event_listener(listener)
-    finally:
+    finally:  # back to the test run's cache (JAX opens its cache once: reset it)
+        from jax.experimental.compilation_cache import compilation_cache
+
         jax.config.update("jax_compilation_cache_dir", previous)
+        compilation_cache.reset_cache()
     cold = first.entry_stats()[0]["compile_seconds"]
     warm = restart.entry_stats()[0]["compile_seconds"]
     with capsys.disabled():

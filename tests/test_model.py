@@ -1,3 +1,5 @@
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,8 +14,13 @@ from imp.modeling.moe import MoeConfig
 SMALL = dict(d_model=16, num_layers=3, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
 
 
+def _initialised(model: ImpModel) -> dict:
+    """Every parameter of `model`, initialised by one compiled call."""
+    return nn.unbox(jax.jit(functools.partial(init_variables, model))(jax.random.key(0)))
+
+
 def _init(model, *inputs):
-    return nn.unbox(model.init(jax.random.key(0), *inputs))
+    return nn.unbox(jax.jit(model.init)(jax.random.key(0), *inputs))
 
 
 def _scanned_to_unrolled(params, repeats):
@@ -46,18 +53,21 @@ def test_scan_equals_unrolled_outputs_and_grads(name):
     params = _init(scanned, x, mask)["params"]
     mapped = _scanned_to_unrolled(params, repeats)
 
-    def loss(model, p):
-        return (model.apply({"params": p}, x, mask)[0] ** 2).sum()
+    @functools.partial(jax.jit, static_argnums=0)
+    def outputs_and_grads(model, p):
+        def loss(q):
+            return (model.apply({"params": q}, x, mask)[0] ** 2).sum()
 
-    (a, stats_a), (b, stats_b) = (
-        scanned.apply({"params": params}, x, mask),
-        unrolled.apply({"params": mapped}, x, mask),
+        return model.apply({"params": p}, x, mask), jax.grad(loss)(p)
+
+    ((a, stats_a), g_scan), ((b, stats_b), g_unrolled) = (
+        outputs_and_grads(scanned, params),
+        outputs_and_grads(unrolled, mapped),
     )
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for key in stats_a:
         np.testing.assert_allclose(stats_a[key], stats_b[key], rtol=1e-5, atol=1e-6)
-    g_scan = _scanned_to_unrolled(jax.grad(lambda p: loss(scanned, p))(params), repeats)
-    g_unrolled = jax.grad(lambda p: loss(unrolled, p))(mapped)
+    g_scan = _scanned_to_unrolled(g_scan, repeats)
     assert jax.tree.structure(g_scan) == jax.tree.structure(g_unrolled)
     for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g_unrolled), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)  # key-bias grads are 0 + noise
@@ -73,7 +83,7 @@ def test_remat_changes_nothing_numerically(policy, scan):
     params = _init(plain, x, mask)
 
     def grads(model):
-        return jax.grad(lambda p: (model.apply(p, x, mask)[0] ** 2).sum())(params)
+        return jax.jit(jax.grad(lambda p: (model.apply(p, x, mask)[0] ** 2).sum()))(params)
 
     for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(remat)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -81,7 +91,7 @@ def test_remat_changes_nothing_numerically(policy, scan):
 
 def test_text_padding_does_not_change_real_tokens():
     model = ImpModel(**SMALL)
-    params = nn.unbox(init_variables(model, jax.random.key(0)))
+    params = _initialised(model)
     short = jnp.array([[3, 4, 5, 0]])
     padded = jnp.array([[3, 4, 5, 0, 0, 0, 0, 0]])
     a = model.apply(params, "text", short, method=ImpModel.encode)[0][:, :3]
@@ -122,7 +132,7 @@ def test_drop_tokens_keeps_order_and_positions():
 
 def test_droptoken_keeps_a_subset_of_positioned_tokens_in_training_only():
     model = ImpModel(**SMALL, vision_patch=(1, 4, 4))
-    params = nn.unbox(init_variables(model, jax.random.key(0)))
+    params = _initialised(model)
     video = jax.random.normal(jax.random.key(3), (2, 2, 8, 8, 3))  # 2 x 2 x 2 = 8 tokens
     embedded, _ = model.apply(params, video, method=lambda m, v: m.embedders["vision"](v))
     kept, _ = drop_tokens(embedded, jnp.ones((2, 8), bool), 0.75, jax.random.key(7))
@@ -138,7 +148,7 @@ def test_droptoken_keeps_a_subset_of_positioned_tokens_in_training_only():
 
 def test_spectrogram_patches_and_positions():
     model = ImpModel(**SMALL, spectrogram_patch=(4, 4), spectrogram_max_grid=(8, 4))
-    params = nn.unbox(init_variables(model, jax.random.key(0)))
+    params = _initialised(model)
     out = model.apply(params, {"spectrogram": jnp.ones((3, 16, 8))})
     assert out["embedding/spectrogram"].shape == (3, 8)
     tokens, mask, _ = model.apply(

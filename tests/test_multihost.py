@@ -11,11 +11,12 @@ import sys
 import time
 
 import pytest
-from conftest import demo_bindings
+from conftest import demo_bindings, with_devices
 
 from imp import cli
 
 MIXTURE = "demo_image_text"  # one contrastive task: zero-shot, retrieval and a linear probe
+EVALUATIONS = ("classification", "zero_shot", "retrieval", "linear_probe")
 
 
 def _port() -> int:
@@ -33,7 +34,7 @@ def _start(command: list[str], processes: int = 2) -> list[subprocess.Popen]:
             "IMP_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "IMP_NUM_PROCESSES": str(processes),
             "IMP_PROCESS_ID": str(i),
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "XLA_FLAGS": with_devices(1),
         }
         argv = [sys.executable, "-m", "imp.cli", *command]
         procs.append(
@@ -51,9 +52,9 @@ def _finish(procs) -> list[str]:
     return errs
 
 
-def _train(run_dir, steps, world_dir) -> list[str]:
+def _train(run_dir, steps, world_dir, *extra) -> list[str]:
     bindings = demo_bindings(run_dir, steps, world_dir, MIXTURE)
-    bindings += ["train.checkpoint_every = 1000", "train.evaluate_at_end = False"]
+    bindings += ["train.checkpoint_every = 1000", "train.evaluate_at_end = False", *extra]
     return ["train", *(f"--gin_bindings={b}" for b in bindings)]
 
 
@@ -64,6 +65,8 @@ def _steps(run_dir) -> list[int]:
 
 @pytest.fixture(scope="module")
 def stopped_and_resumed(tmp_path_factory, world_dir):
+    """Two processes train until the second gets SIGTERM; both resume for 3 more steps and
+    evaluate at the end (every process encodes its share of the held-out examples)."""
     run_dir = tmp_path_factory.mktemp("two_hosts")
     procs = _start(_train(run_dir, 1000, world_dir))
     deadline = time.time() + 300
@@ -73,7 +76,8 @@ def stopped_and_resumed(tmp_path_factory, world_dir):
     procs[1].send_signal(signal.SIGTERM)  # the second process only
     stopped = _finish(procs)
     saved = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
-    resumed = _finish(_start(_train(run_dir, saved[-1] + 3, world_dir)))
+    evaluate = ["train.evaluate_at_end = True", f"train.end_evaluations = {EVALUATIONS}"]
+    resumed = _finish(_start(_train(run_dir, saved[-1] + 3, world_dir, *evaluate)))
     return run_dir, stopped, saved, resumed
 
 
@@ -93,17 +97,21 @@ def test_the_checkpoint_resumes_with_every_step_logged_once(stopped_and_resumed)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [str(k), str(k + 3)]
 
 
-def test_eval_over_two_processes_gathers_every_example(stopped_and_resumed, tmp_path, capsys):
+def test_evaluation_over_two_processes_gathers_every_example(stopped_and_resumed, tmp_path):
+    """The two processes' end-of-run evaluation equals `imp eval` of the same checkpoint in
+    one process: neither process scored only its own share."""
     run_dir, _, saved, _ = stopped_and_resumed
-    step = saved[0] + 3
-    _finish(_start(["eval", f"--checkpoint_dir={run_dir}", f"--out={tmp_path / 'two'}"]))
-    two = json.loads((tmp_path / "two" / "eval.json").read_text())
-    assert cli.main(["eval", f"--checkpoint_dir={run_dir}", f"--out={tmp_path / 'one'}"]) == 0
-    one = json.loads((tmp_path / "one" / "eval.json").read_text())
-    assert two["step"] == one["step"] == step and two["devices"] == 2
-    metrics = one["tasks"]["digit_images_text"]
-    assert {"zero_shot_top1/vision", "retrieval/text_to_vision/R@1"} <= set(metrics)
-    for name, m in metrics.items():
-        assert two["tasks"]["digit_images_text"][name]["value"] == pytest.approx(
-            m["value"], abs=1e-6
-        ), name
+    two = json.loads((run_dir / "report" / "summary.json").read_text())
+    two = two["tasks"]["digit_images_text"]["heldout"]
+    assert cli.main(["eval", f"--checkpoint_dir={run_dir}", f"--out={tmp_path}"]) == 0
+    one = json.loads((tmp_path / "eval.json").read_text())
+    assert one["step"] == saved[0] + 3
+    one = one["tasks"]["digit_images_text"]
+    assert {
+        "zero_shot_top1/vision",
+        "retrieval/text_to_vision/R@1",
+        "linear_probe_top1/vision",
+    } <= set(one)
+    assert set(two) == set(one)
+    for name, m in one.items():
+        assert two[name]["value"] == pytest.approx(m["value"], abs=1e-6), name

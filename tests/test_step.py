@@ -1,6 +1,8 @@
 """Untouched means unchanged: a step on one task leaves other tasks' parameters and their
 optimizer state bit-identical; with the switch off, plain Adam moves them on stale momentum."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,7 +48,7 @@ def _batch(seed, classes):
 @pytest.mark.parametrize("freeze", [True, False])
 def test_other_heads_and_their_adam_state(freeze):
     tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
-    params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
+    params = _params()
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
     step_a = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], LOSS, freeze))
     step_b = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_B], LOSS, freeze))
@@ -84,8 +86,14 @@ def test_other_heads_and_their_adam_state(freeze):
     )
 
 
+@functools.cache
+def _params():
+    """The model's initial parameters (one compiled init for every test)."""
+    return jax.jit(lambda key: nn.unbox(init_variables(MODEL, key))["params"])(jax.random.key(0))
+
+
 def _fresh_state(tx):
-    params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
+    params = _params()
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
@@ -101,15 +109,21 @@ def test_summed_and_accumulated_equal_a_hand_summed_update():
     rng = jax.random.key(3)
     state = _fresh_state(tx)
 
-    grads = [
-        jax.grad(
-            lambda p, t=t, i=i: LOSS(MODEL, t, p, batches[t.name], jax.random.fold_in(rng, i))[0]
-        )(state["params"])
-        for i, t in enumerate((TASK_A, TASK_B))
-    ]
-    total = jax.tree.map(jnp.add, *grads)
-    updates, _ = tx.update(total, state["opt_state"], state["params"])
-    reference = optax.apply_updates(state["params"], updates)
+    @jax.jit
+    def by_hand(state):
+        grads = [
+            jax.grad(
+                lambda p, t=t, i=i: LOSS(MODEL, t, p, batches[t.name], jax.random.fold_in(rng, i))[
+                    0
+                ]
+            )(state["params"])
+            for i, t in enumerate((TASK_A, TASK_B))
+        ]
+        total = jax.tree.map(jnp.add, *grads)
+        updates, _ = tx.update(total, state["opt_state"], state["params"])
+        return optax.apply_updates(state["params"], updates)
+
+    reference = by_hand(state)
 
     summed, _ = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A, TASK_B], LOSS))(
         _fresh_state(tx), batches, rng
@@ -207,28 +221,32 @@ def _all_eqns(eqn):
 def test_loss_weight_scales_the_gradient_not_the_reported_loss():
     import dataclasses
 
-    params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
+    params = _params()
     batch, rng = _batch(1, 3), jax.random.key(0)
     double = dataclasses.replace(TASK_A, loss_weight=2.0)
-    (one, m_one), g_one = jax.value_and_grad(
-        lambda p: LOSS(MODEL, TASK_A, p, batch, rng), has_aux=True
-    )(params)
-    (two, m_two), g_two = jax.value_and_grad(
-        lambda p: LOSS(MODEL, double, p, batch, rng), has_aux=True
-    )(params)
+
+    def value_and_grad(task):
+        return jax.jit(
+            jax.value_and_grad(lambda p: LOSS(MODEL, task, p, batch, rng), has_aux=True)
+        )(params)
+
+    (one, m_one), g_one = value_and_grad(TASK_A)
+    (two, m_two), g_two = value_and_grad(double)
     assert float(two) == pytest.approx(2 * float(one), rel=1e-6)
     assert float(m_two["loss"]) == pytest.approx(float(m_one["loss"]), rel=1e-6)
     _assert_trees_close(g_two, jax.tree.map(lambda g: 2 * g, g_one), rtol=1e-5, atol=1e-8)
 
 
 def test_gradient_similarity_is_the_cosine_of_encoder_gradients():
-    params = nn.unbox(init_variables(MODEL, jax.random.key(0)))["params"]
+    params = _params()
     batches = {"task_a": _batch(1, 3), "task_b": _batch(2, 4)}
     rng = jax.random.key(5)
-    got = np.asarray(make_gradient_similarity(MODEL, [TASK_A, TASK_B], LOSS)(params, batches, rng))
+    similarity = jax.jit(make_gradient_similarity(MODEL, [TASK_A, TASK_B], LOSS))
+    got = np.asarray(similarity(params, batches, rng))
     flat = []
     for task in (TASK_A, TASK_B):
-        grads = jax.grad(lambda p, t=task: LOSS(MODEL, t, p, batches[t.name], rng)[0])(params)
+        loss = jax.jit(jax.grad(lambda p, t=task: LOSS(MODEL, t, p, batches[t.name], rng)[0]))
+        grads = loss(params)
         flat.append(np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads["encoder"])]))
     a, b = flat
     cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)

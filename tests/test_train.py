@@ -238,16 +238,6 @@ def test_precompile_compiles_every_graph_before_step_one(tmp_path, run_config):
     assert not any(r["compiled"] for r in _records(tmp_path))
 
 
-@pytest.mark.slow
-def test_demo_model_learns_video_classification(tmp_path, run_config, full_world_dir):
-    """The demo's tiny model, 300 steps of held-out-unseen digits: well above chance."""
-    summary = loop.train(
-        *run_config(tmp_path, 300, mixture="digit_videos_cls", data_dir=full_world_dir, tiny=False)
-    )
-    video = summary["tasks"]["digit_videos_cls"]["heldout"]["top1"]
-    assert video["value"] > 3 * video["chance"], video
-
-
 def test_optax_schedule_is_the_documented_one():
     """`make_optimizer` without warm-up room: the warm-up is cut to fit the decay."""
     _, schedule = make_optimizer(10, learning_rate=2.0, warmup_steps=100)

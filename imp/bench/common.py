@@ -7,6 +7,7 @@ after a warm-up call.
 """
 
 import dataclasses
+import functools
 import json
 import statistics
 import time
@@ -26,8 +27,10 @@ from imp.training.step import make_train_step
 from imp.training.trainer import Trainer
 
 # Model sizes for CPU runs: `tiny` is the demo's, `s` is IMP-S's depth and heads at a reduced
-# width (IMP-S is d 384, 12 layers; the flags of each benchmark scale these up on accelerators).
+# width (IMP-S is d 384, 12 layers; the flags of each benchmark scale these up on accelerators);
+# `micro` checks that a benchmark runs, in seconds.
 SIZES = {
+    "micro": dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64, embed_dim=32),
     "tiny": dict(d_model=128, num_layers=4, num_heads=4, mlp_dim=512, embed_dim=128),
     "s": dict(d_model=192, num_layers=12, num_heads=6, mlp_dim=768, embed_dim=192),
 }
@@ -241,6 +244,7 @@ def peak_bytes(m: dict[str, int]) -> dict[str, int]:
     }
 
 
+@functools.cache
 def step_flops(model: ImpModel, spec: TaskSpec) -> float:
     """XLA's count of floating-point operations in one train step of `spec`, layers unrolled:
     the count of a scanned step holds the loop body once, not once per layer. Lowered only

@@ -58,24 +58,28 @@ def _measure(model, spec, repeats: int, partitioner=None) -> dict:
 
 
 def _sharded(args, spec) -> list[dict]:
-    """Runs in the child: experts sharded over all devices vs replicated."""
+    """Runs in the child: experts sharded over all devices vs replicated, at the first size."""
     import jax
 
     devices = len(jax.devices())
-    model = _model("tiny", args, CONFIGS["moe experts_choose"])
+    size = args.sizes.split(",")[0]
+    model = _model(size, args, CONFIGS["moe experts_choose"])
     rows = []
     for label, partitioner in (
         (f"experts sharded {devices}-way", Partitioner(num_expert_partitions=devices)),
         ("experts replicated", Partitioner()),
     ):
         rows.append(
-            {"size": "tiny", "model": label, **_measure(model, spec, args.repeats, partitioner)}
+            {"size": size, "model": label, **_measure(model, spec, args.repeats, partitioner)}
         )
     return rows
 
 
 def _spawn_sharded(args) -> list[dict]:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}")
+    flags = os.environ.get("XLA_FLAGS", "")  # the caller's, plus the virtual device count
+    env = dict(
+        os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={args.devices}"
+    )
     argv = [
         sys.executable,
         "-m",
@@ -88,6 +92,7 @@ def _spawn_sharded(args) -> list[dict]:
         f"--experts={args.experts}",
         f"--group_size={args.group_size}",
         f"--batch={args.batch}",
+        f"--sizes={args.sizes.split(',')[0]}",
     ]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
