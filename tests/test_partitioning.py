@@ -20,6 +20,7 @@ WORKER = Path(__file__).with_name("partitioning_worker.py")
 # ~1e-3); a sum where a mean belongs, or the reverse, would be off by the shard count.
 RTOL, SCALED_ATOL = 1e-3, 1e-3  # atol relative to each leaf's largest magnitude
 
+
 def _start(out, devices, runs, processes=1):
     argv = [sys.executable, WORKER, "--out", out, "--devices", str(devices)]
     argv += ["--runs", json.dumps(runs)]
