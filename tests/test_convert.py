@@ -284,6 +284,7 @@ def test_own_data_trains_from_the_gin_template(media_dir, tmp_path, world_dir):
             "my_videos/Dataset.batch_size = 4",
             "my_videos/Dataset.height = 32",
             "my_videos/Dataset.width = 32",
+            "train.evaluate_at_end = False",
             *SHARED,
             *TINY,
         ],
