@@ -39,14 +39,12 @@ CASES = {
         "--samples",
         "512",
     ],
-    "moe_overhead": ["--sizes", "micro", "--experts", "2", "--batch", "2", "--devices", "2"],
 }
 ROW_KEYS = {
     "scan_compile": {"layers", "scan_median_s", "unrolled_median_s", "speedup"},
     "remat": {"policy", "peak_MiB", "temp_MiB", "step_median_s", "memory_saved"},
     "graph_table": {"compilation", "compile_s"},
     "agd_vs_mixed": {"step", "useful_tokens", "useful_tokens_per_s", "peak_MiB"},
-    "moe_overhead": {"size", "model", "step_median_s", "GFLOP", "peak_MiB"},
 }
 
 
@@ -63,14 +61,37 @@ def test_benchmark_emits_its_report(capsys, name):
         assert ROW_KEYS[name] <= set(row), row
     for claim in report["claims"]:
         assert {"claim", "paper", "measured", "verdict"} <= set(claim)
-    if name == "moe_overhead":  # the 2-device child compares expert layouts
-        assert [r["model"] for r in report["rows"]] == [
-            "dense",
-            "moe experts_choose",
-            "moe tokens_choose",
-            "experts sharded 2-way",
-            "experts replicated",
-        ]
+
+
+def test_moe_overhead_and_its_expert_layout_child(capsys, monkeypatch):
+    """The benchmark starts `imp bench moe_overhead --sharded_child` with N virtual devices and
+    reads its JSON report; here the child runs in this process (one device), so its command
+    line and report are checked without a second cold start."""
+    import subprocess
+
+    real_run = subprocess.run
+
+    def run(argv, *args, **kwargs):
+        if argv[1:4] != ["-m", "imp.cli", "bench"]:
+            return real_run(argv, *args, **kwargs)
+        assert "--xla_force_host_platform_device_count=2" in kwargs["env"]["XLA_FLAGS"]
+        assert cli.main(argv[3:]) == 0
+        return subprocess.CompletedProcess(argv, 0, stdout=capsys.readouterr().out, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    args = ["--sizes", "micro", "--experts", "2", "--batch", "2", "--devices", "2"]
+    report = _report(capsys, "moe_overhead", args)
+    assert [r["model"] for r in report["rows"]] == [
+        "dense",
+        "moe experts_choose",
+        "moe tokens_choose",
+        "experts sharded 1-way",
+        "experts replicated",
+    ]
+    for row in report["rows"]:
+        assert {"size", "model", "step_median_s", "GFLOP", "peak_MiB"} <= set(row), row
+    (claim,) = report["claims"]
+    assert claim["measured"].startswith("micro: 1.") and "x FLOPs" in claim["measured"]
 
 
 def test_input_pipeline_on_the_demo_world(capsys, world_dir):
