@@ -29,14 +29,21 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # at import: before anything 
 
 # The longest test files first, so that the two xdist workers finish together (files are
 # handed out whole, in collection order).
-LONGEST_FIRST = (
+LONGEST_FIRST = (  # measured with --durations=0; the rest are short
     "test_train.py",
-    "test_eval.py",
     "test_bench.py",
-    "test_partitioning.py",
+    "test_eval.py",
     "test_multihost.py",
+    "test_model.py",
+    "test_partitioning.py",
     "test_demo.py",
+    "test_step.py",
     "test_ablation.py",
+    "test_convert.py",
+    "test_data.py",
+    "test_inspect.py",
+    "test_bench_throughput.py",
+    "test_moe.py",
 )
 
 

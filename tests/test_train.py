@@ -182,47 +182,48 @@ def test_transient_read_errors_are_retried_then_reported_untouched(straight, mon
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, run_config, caplog, monkeypatch):
+    """A NaN batch at step 3 is skipped and the run goes on; four in a row (steps 6-9) stop
+    it, naming the count, the step and the task."""
     import jax.numpy as jnp
 
-    poisoned_steps = {3}
     next_batch = TrainStreams.next
     calls = {"n": 0}
 
     def poisoned(self, name):
         batch = next_batch(self, name)
         calls["n"] += 1
-        if calls["n"] in poisoned_steps:
+        if calls["n"] in (3, 6, 7, 8, 9):
             batch = {**batch, "vision": batch["vision"] * jnp.nan}
         return batch
 
     monkeypatch.setattr(TrainStreams, "next", poisoned)
-    loop.train(*run_config(tmp_path / "once", 6, *SAME))
-    records = _records(tmp_path / "once")
-    assert [r["skipped"] for r in records] == [False, False, True, False, False, False]
+    with pytest.raises(ImpError, match="4 steps in a row had a non-finite loss .* step 9"):
+        loop.train(*run_config(tmp_path, 20, *SAME, "train.max_bad_steps = 4"))
+    skipped = [r["skipped"] for r in _records(tmp_path)]
+    assert skipped == [False, False, True, False, False, True, True, True, True]
     assert "step 3: non-finite loss or gradient from" in caplog.text
     assert "reproduce: seed 0, step 3" in caplog.text
 
-    poisoned_steps.update(range(1, 100))
-    calls["n"] = 0
-    with pytest.raises(ImpError, match="4 steps in a row had a non-finite loss"):
-        loop.train(*run_config(tmp_path / "always", 20, *SAME, "train.max_bad_steps = 4"))
 
+@pytest.mark.parametrize("schedule", ["summed", "accumulated", "loss_aware"])
+def test_the_loop_paths_of_the_schedules(tmp_path, run_config, schedule):
+    """Each schedule's choices are tested in test_sampler.py; here, the loop's paths: one graph
+    for both tasks (summed), a gradient graph per task and one update (accumulated), and
+    held-out losses fed back to the sampler, which keeps them in the checkpoint (loss_aware)."""
+    from imp.training.checkpoint import Checkpointer
 
-@pytest.mark.parametrize(
-    "schedule, per_step, graphs",
-    [("summed", 2, 1), ("accumulated", 2, 3), ("task_by_task", 1, 2), ("loss_aware", 1, None)],
-)
-def test_every_schedule_trains(tmp_path, run_config, schedule, per_step, graphs):
     summary = loop.train(*run_config(tmp_path, 4, *SAME, f"Schedule.name = '{schedule}'"))
     records = _records(tmp_path)
-    assert len(records) == 4 * per_step
     assert all(np.isfinite(r["loss"]) for r in records)
     drawn = {r["task"] for r in records}
-    # summed: one graph for both tasks; accumulated: a gradient graph per task and the update;
-    # AGD schedules: one graph per task drawn.
-    assert summary["graphs"] == (graphs if schedule in ("summed", "accumulated") else len(drawn))
-    if schedule == "task_by_task":  # blocks in proportion to the rates, 48 : 96 examples
-        assert [r["task"] for r in records] == ["digit_images_text"] + ["digit_videos_cls"] * 3
+    if schedule == "loss_aware":
+        assert [r["step"] for r in records] == [1, 2, 3, 4]
+        meta = Checkpointer(tmp_path / "checkpoints", read_only=True).meta(4)
+        assert set(meta["sampler"]["averages"]) == drawn
+        assert summary["graphs"] == len(drawn)
+    else:  # every task in every step
+        assert [r["step"] for r in records] == [1, 1, 2, 2, 3, 3, 4, 4]
+        assert summary["graphs"] == {"summed": 1, "accumulated": 3}[schedule]
 
 
 def test_precompile_compiles_every_graph_before_step_one(tmp_path, run_config):
