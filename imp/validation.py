@@ -16,12 +16,15 @@ from imp.errors import ImpError
 _SKIPPED = ("parent", "name")  # flax's own Module fields
 
 
-def check_fields(obj, where: str) -> None:
+def check_fields(obj, where: str, scalars_only: bool = False) -> None:
     """Raises an `ImpError` naming `where.field` for the first field whose value does not match
-    its annotation."""
+    its annotation (with `scalars_only`, only the fields declared `int`, `float`, `bool`,
+    `str`, or one of them or None)."""
     hints = typing.get_type_hints(type(obj))
     for field in dataclasses.fields(obj):
         if field.name in _SKIPPED or field.name not in hints:
+            continue
+        if scalars_only and not _scalar(hints[field.name]):
             continue
         value = getattr(obj, field.name)
         expected = describe_mismatch(value, hints[field.name])
@@ -66,6 +69,11 @@ def describe_mismatch(value, annotation) -> str:
     if isinstance(annotation, type):
         return "" if isinstance(value, annotation) else f"a {annotation.__name__}"
     return ""
+
+
+def _scalar(annotation) -> bool:
+    options = typing.get_args(annotation) or (annotation,)
+    return all(a in (int, float, bool, str, type(None)) for a in options)
 
 
 def _is_int(value) -> bool:

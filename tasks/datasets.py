@@ -27,6 +27,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from imp import validation
 from imp.data import dmvr, preprocessing
 from imp.errors import ImpError
 from imp.tasks import registry
@@ -204,6 +205,29 @@ def _class_prompts(dataset: Dataset) -> tuple[tuple[str, ...], ...]:
 
 def _check(dataset: Dataset) -> None:
     where = f"data set '{dataset.name}'"
+    validation.check_fields(dataset, f"{dataset.name}/Dataset", scalars_only=True)
+    for field in (
+        "batch_size",
+        "frames",
+        "stride",
+        "height",
+        "width",
+        "frame_tokens",
+        "eval_clips",
+        "mel_bins",
+        "mel_frame_length",
+        "mel_frame_step",
+        "text_length",
+        "max_captions",
+    ):
+        validation.at_least(f"{dataset.name}/Dataset.{field}", getattr(dataset, field), 1)
+    for field in ("num_samples", "eval_height", "eval_width"):
+        validation.at_least(f"{dataset.name}/Dataset.{field}", getattr(dataset, field), 0)
+    low, high = dataset.crop_scale
+    validation.require(
+        0 < low <= high <= 1,
+        f"{dataset.name}/Dataset.crop_scale = {dataset.crop_scale}: expected 0 < low <= high <= 1",
+    )
     for split in () if dataset.tfds_name else (dataset.train_split, dataset.eval_split):
         if split not in dataset.file_patterns:
             raise ImpError(f"{where}: no file pattern for split '{split}'")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from imp.errors import ImpError
 from imp.evaluation import metrics
 
 
@@ -88,3 +89,17 @@ def test_retrieval_runs_over_distinct_caption_texts():
     text_embedding = np.eye(3)
     items = positive.T @ text_embedding
     assert metrics.retrieval(items, text_embedding, positive.T)["R@1"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_metrics_refuse_scores_that_are_not_finite(bad):
+    """A NaN compares false with everything: ranked pessimistically, NaN scores would put
+    every positive first (a perfect score from a broken model)."""
+    scores = np.eye(4)
+    scores[1, 2] = bad
+    with pytest.raises(ImpError, match="1 of 16 values are not finite"):
+        metrics.topk_accuracy(scores, np.arange(4))
+    with pytest.raises(ImpError, match="retrieval embeddings: 1 of 16 values"):
+        metrics.retrieval(scores, np.eye(4), np.eye(4, dtype=bool))
+    with pytest.raises(ImpError, match="linear probe features"):
+        metrics.linear_probe(scores, np.arange(4), np.eye(4), np.arange(4), 4)

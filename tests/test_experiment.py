@@ -1,0 +1,70 @@
+"""`Experiment`: task options applied to the tasks and heads, and what its construction refuses
+(the command-line forms of these errors are in test_cli.py)."""
+
+import pytest
+
+from imp.errors import ImpError
+from imp.experiment import Experiment
+from imp.modeling.model import ImpModel
+from imp.tasks.spec import TaskSpec
+
+MODEL = ImpModel(d_model=16, num_layers=1, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
+
+
+def _task(name, head="", classes=3, **fields):
+    fields = {"batch_size": 4, **fields}
+    names = tuple(f"c{i}" for i in range(classes))
+    return TaskSpec(
+        name, name, "softmax", ("vision",), 10, class_names=names, head_name=head, **fields
+    )
+
+
+def test_task_options_reach_the_tasks_and_the_heads(tmp_path, run_config):
+    options = (
+        "Experiment.task_options = {'digit_videos_cls': "
+        "{'loss_weight': 0.5, 'lr_multiplier': 2.0, 'head_name': 'motion'}}"
+    )
+    experiment, _ = run_config(tmp_path, 1, options)
+    cls = experiment.specs["digit_videos_cls"]
+    assert (cls.loss_weight, cls.lr_multiplier, cls.head) == (0.5, 2.0, "motion")
+    text = experiment.specs["digit_images_text"]
+    assert (text.loss_weight, text.lr_multiplier) == (1.0, 1.0)
+    assert experiment.model.heads == (("motion", 40),)
+    assert "classifiers_motion" in experiment.abstract_state["params"]
+
+
+def test_tasks_may_share_a_head_of_one_size():
+    experiment = Experiment(tasks=(_task("a", "h"), _task("b", "h")), model=MODEL)
+    assert experiment.model.heads == (("h", 3),)
+    with pytest.raises(ImpError, match="task 'b' shares the classifier head 'h' with a task of 3"):
+        Experiment(tasks=(_task("a", "h"), _task("b", "h", classes=4)), model=MODEL)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(frames=3), "vision frames x height x width 3x32x32 is not divisible"),
+        (dict(eval_height=72), "evaluation input (Dataset.eval_height / eval_width): vision"),
+        (dict(batch_size=0), "batch_size = 0; every variant needs a batch of at least 1"),
+        (dict(height=8 * 40), "larger than the position tables ImpModel.vision_max_grid"),
+    ],
+)
+def test_inputs_that_do_not_fit_the_model(fields, message):
+    model = MODEL.clone(vision_patch=(2, 8, 8), vision_max_grid=(8, 8, 8))
+    with pytest.raises(ImpError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Experiment(tasks=(_task("a", **fields),), model=model)
+
+
+def test_train_steps_and_seed_are_checked():
+    with pytest.raises(ImpError, match=r"Experiment.train_steps \(TRAIN_STEPS\) = 0"):
+        Experiment(tasks=(_task("a"),), model=MODEL, train_steps=0)
+    with pytest.raises(ImpError, match="Experiment.seed = '1': expected an integer"):
+        Experiment(tasks=(_task("a"),), model=MODEL, seed="1")
+
+
+def test_a_model_file_alone_is_not_a_run():
+    from imp import config
+
+    config.parse(["models/tiny.gin"])
+    with pytest.raises(ImpError, match="Experiment.model_dir, Experiment.train_steps, .* add a"):
+        Experiment.from_gin()
