@@ -85,7 +85,10 @@ def _tuple_mismatch(value, args) -> str:
         if not isinstance(value, tuple):
             return f"a tuple of {_name(args[0])}s"
         return _items_mismatch(value, args[0], f"a tuple of {_name(args[0])}s")
-    wanted = f"a tuple of {len(args)} ({', '.join(_name(a) for a in args)})" if args else "a tuple"
+    if args and len(set(args)) == 1:
+        wanted = f"a tuple of {len(args)} {_name(args[0])}s"
+    else:
+        wanted = f"a tuple ({', '.join(_name(a) for a in args)})" if args else "a tuple"
     if not isinstance(value, tuple) or (args and len(value) != len(args)):
         return wanted
     if any(describe_mismatch(v, a) for v, a in zip(value, args, strict=False)):

@@ -20,12 +20,14 @@ def patch_grid(
     patch: tuple[int, ...],
     max_grid: tuple[int, ...],
     names: tuple[str, str, str],
+    given: tuple[int, ...] | None = None,
 ) -> tuple[int, ...]:
     """Patches along each axis of `shape`, checked: every axis divisible by its patch size and
     the grid within the position tables `max_grid` (a larger grid would index past them, and a
-    lookup past a table reads NaN). `names`: the input, its patch field, its table field."""
+    lookup past a table reads NaN). `names`: the input, its patch field, its table field;
+    `given`: the input's shape as the user gave it, when `shape` is derived from it."""
     what, patch_field, table_field = names
-    sizes = "x".join(map(str, shape))
+    sizes = "x".join(map(str, given or shape))
     if any(p < 1 or s % p for s, p in zip(shape, patch, strict=True)):
         raise ImpError(f"{what} {sizes} is not divisible by {patch_field}={patch}")
     grid = tuple(s // p for s, p in zip(shape, patch, strict=True))
@@ -46,7 +48,8 @@ def vision_grid(
     tubelet depth (a still image) is tiled to fill one tubelet."""
     frames, height, width = shape
     names = ("vision frames x height x width", "ImpModel.vision_patch", "ImpModel.vision_max_grid")
-    return patch_grid((max(frames, patch[0]), height, width), patch, max_grid, names)
+    tiled = (max(frames, patch[0]), height, width)
+    return patch_grid(tiled, patch, max_grid, names, given=tuple(shape))
 
 
 def waveform_grid(samples: int, patch: int, max_length: int) -> int:

@@ -147,6 +147,7 @@ def train(experiment: "Experiment", options: TrainOptions = TrainOptions()) -> d
     start_time, stopping = time.perf_counter(), False
     try:
         for step in range(start, experiment.train_steps):
+            done = step + 1
             names = tuple(sampler.next(step))
             waited = time.perf_counter()
             batches = {n: streams.next(n) for n in names}
@@ -154,40 +155,18 @@ def train(experiment: "Experiment", options: TrainOptions = TrainOptions()) -> d
             tic = time.perf_counter()
             rng = jax.random.fold_in(base_rng, step)
             state, per_task, compiled = trainer.step(names, state, batches, rng)
-            seconds = time.perf_counter() - tic
-            _log_step(
-                writer, experiment, sampler, streams, step + 1, per_task, compiled, seconds, waited
-            )
-            bad_steps.update(step + 1, per_task, streams)
-            done = step + 1
+            timing = (time.perf_counter() - tic, waited)
+            _log_step(writer, experiment, sampler, streams, done, per_task, compiled, *timing)
+            bad_steps.update(done, per_task, streams)
             if _due(options.gradient_similarity_every, done):
-                matrix = trainer.gradient_similarity(
-                    state, {n: streams.next(n) for n in experiment.specs}, rng
-                )
-                writer.write(
-                    {
-                        "step": done,
-                        "task": "gradient_similarity",
-                        "tasks": list(experiment.specs),
-                        "matrix": matrix.tolist(),
-                    }
-                )
+                _log_similarity(writer, trainer, experiment, streams, state, rng, done)
             if _due(options.eval_every, done):
                 results = experiment.evaluate(state["params"], options.end_evaluations)
-                for name, metrics in results.items():
-                    writer.write(
-                        {
-                            "step": done,
-                            "task": f"eval/{name}",
-                            **{k: m["value"] for k, m in metrics.items()},
-                        }
-                    )
+                _log_evaluation(writer, results, done)
                 if best:
                     best.offer(done, state, results)
-            bar.set_postfix_str(
-                f"{names[0] if len(names) == 1 else sampler.schedule} loss "
-                f"{float(per_task[names[-1]]['loss']):.3f}"
-            )
+            label = names[0] if len(names) == 1 else sampler.schedule
+            bar.set_postfix_str(f"{label} loss {float(per_task[names[-1]]['loss']):.3f}")
             bar.update()
             stopping = stop.agreed()
             if _due(options.checkpoint_every, done) or done == experiment.train_steps or stopping:
@@ -276,6 +255,21 @@ def _log_step(
                 "batch_position": streams.positions[name] - 1,
             }
         )
+
+
+def _log_similarity(writer, trainer, experiment, streams, state, rng, step: int) -> None:
+    """The cosine similarity of every task's encoder gradient, on a fresh batch of each."""
+    batches = {n: streams.next(n) for n in experiment.specs}
+    matrix = trainer.gradient_similarity(state, batches, rng)
+    record = {"task": "gradient_similarity", "tasks": list(batches), "matrix": matrix.tolist()}
+    writer.write({"step": step, **record})
+
+
+def _log_evaluation(writer, results: dict, step: int) -> None:
+    """Periodic held-out metrics, one record per task as `eval/<task>`."""
+    for name, metrics in results.items():
+        values = {k: m["value"] for k, m in metrics.items()}
+        writer.write({"step": step, "task": f"eval/{name}", **values})
 
 
 def _save(checkpointer, step: int, state, sampler: Sampler, streams, graphs: list) -> None:
