@@ -198,7 +198,7 @@ def _eval(args, flag_bindings) -> int:
 
     distributed.initialize()
     step = checkpoint_eval.pick_step(run_dir, args.step)
-    experiment = Experiment.from_gin(model_dir=str(run_dir), writable=False)
+    experiment = Experiment.from_gin(model_dir=str(run_dir), writable=False, training=False)
     summary = checkpoint_eval.evaluate(experiment, step, evaluations, args.out)
     print(json.dumps(summary) if args.json else checkpoint_eval.format_table(summary))
     return 0

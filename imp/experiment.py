@@ -90,6 +90,9 @@ class Experiment:
     seed: int = 0
     run_dir: Path | None = None
     config: str = ""  # the operative gin config it was built from
+    # False for evaluation only (`imp eval`, on any mesh): training batches need not split
+    # over this mesh.
+    training: bool = True
     shardings: TrainState = dataclasses.field(init=False, repr=False)
     abstract_state: TrainState = dataclasses.field(init=False, repr=False)
 
@@ -120,10 +123,11 @@ class Experiment:
         put("abstract_state", train_state.abstract(self.shardings, self.model, self.tx))
 
     @classmethod
-    def from_gin(cls, *, writable: bool = True, **overrides) -> "Experiment":
+    def from_gin(cls, *, writable: bool = True, training: bool = True, **overrides) -> "Experiment":
         """The experiment the parsed gin config describes, with `overrides` of the recipe
         (e.g. `model_dir=` for `imp eval`, `mixture_or_task_name=` for `imp data inspect`).
-        With `writable`, the run directory must be creatable."""
+        With `writable`, the run directory must be creatable; without `training`, the
+        experiment only evaluates (see the field)."""
         recipe = gin.get_configurable(_recipe)()
         assert set(overrides) <= set(recipe), overrides
         recipe.update({k: v for k, v in overrides.items() if v is not None})
@@ -171,6 +175,7 @@ class Experiment:
             seed=recipe["seed"],
             run_dir=run_dir,
             config=gin.operative_config_str(),
+            training=training,
         )
 
     @property
@@ -227,7 +232,8 @@ class Experiment:
         )
         shards = self.partitioner.data_parallelism
         validation.require(
-            spec.batch_size % shards == 0 and spec.batch_size % jax.process_count() == 0,
+            not self.training
+            or (spec.batch_size % shards == 0 and spec.batch_size % jax.process_count() == 0),
             f"{where}: batch {spec.batch_size} does not split over the {shards} data-parallel "
             f"devices of {jax.process_count()} process(es) (Partitioner mesh "
             f"{dict(self.partitioner.mesh.shape)})",

@@ -147,7 +147,8 @@ def test_prompt_ensembling_averages_normalised_prompt_embeddings(run_dir):
 
 
 def test_eval_on_another_mesh_gives_the_same_metrics(evaluated, run_dir, tmp_path):
-    """Trained on 1 device; evaluated on 8 virtual devices with data and model axes."""
+    """Trained on 1 device; evaluated on 8 virtual devices with data and model axes (and a
+    training batch that would not split over them: evaluation does not train)."""
     env = {**os.environ, "XLA_FLAGS": with_devices(8)}
     argv = [
         sys.executable,
@@ -158,6 +159,7 @@ def test_eval_on_another_mesh_gives_the_same_metrics(evaluated, run_dir, tmp_pat
         f"--out={tmp_path}",
         "--evaluations=classification,zero_shot",
         "--gin.Partitioner.num_partitions=2",  # data 4 x model 2
+        "--gin.prepare_demo.batch_size=2",
     ]
     subprocess.run(argv, check=True, env=env, capture_output=True)
     eight = json.loads((tmp_path / "eval.json").read_text())
