@@ -10,6 +10,7 @@ nearest valid names.
 import ast
 import inspect
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +24,11 @@ PACKAGE_GIN_DIR = Path(__file__).resolve().parent.parent / "gin"
 
 _MACRO_REFERENCE = re.compile(r"%([A-Za-z_][A-Za-z0-9_.]*)")
 _BARE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# gin's second file reader reads an include 'runs/demo.gin' as module `runs`, file `demo.gin`,
+# and crashes when the working directory holds a folder of that name (the demo's own `runs/`).
+# Files are found on the search paths only.
+gin.config._FILE_READERS[:] = [(open, os.path.isfile)]
 
 
 def resolve_gin_file(name: str, search_paths: Sequence[str] = ()) -> Path:

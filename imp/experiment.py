@@ -24,6 +24,7 @@ tests build one in code: `Experiment(tasks=..., model=ImpModel(...))`.
 
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +44,7 @@ from imp.training.samplers import Sampler, Schedule
 from imp.training.step import TaskLoss
 from imp.training.train_state import TrainState
 
+EVAL_ROWS = 64  # rows of one evaluation forward call, before rounding to the mesh
 TASK_OPTIONS = {"loss_weight": float, "lr_multiplier": float, "head_name": str}
 _NO_RUN = (
     "no run is configured ({missing} unbound): the gin files given describe a model, not what "
@@ -101,15 +103,16 @@ class Experiment:
             object.__setattr__(self, name, value)
 
         _check_steps(self.train_steps)
-        validation.require(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool),
-            f"Experiment.seed = {self.seed!r}: expected an integer",
-        )
+        _check_seed(self.seed)
         validation.require(bool(self.tasks), "the experiment has no tasks")
         put("tasks", tuple(self.tasks))
         put("rates", tuple(float(r) for r in self.rates or [1.0] * len(self.tasks)))
         if self.partitioner is None:
             put("partitioner", Partitioner())
+        validation.require(
+            (self.tx is None) == (self.learning_rate is None),
+            "an Experiment takes the optimizer and its learning-rate schedule together",
+        )
         if self.tx is None:
             tx, learning_rate = make_optimizer(self.train_steps)
             put("tx", tx)
@@ -147,6 +150,17 @@ class Experiment:
         run_dir = Path(recipe["model_dir"]).expanduser()
         if writable:
             _check_creatable(run_dir)
+        # Everything that needs no data first: a typo costs no data preparation.
+        train_steps = _check_steps(recipe["train_steps"])
+        _check_seed(recipe["seed"])
+        model = gin.get_configurable(ImpModel)()
+        check_config(model)
+        tx, learning_rate = gin.get_configurable(make_optimizer)(train_steps)
+        parts = dict(
+            partitioner=gin.get_configurable(Partitioner)(),
+            loss=gin.get_configurable(TaskLoss)(),
+            schedule=gin.get_configurable(Schedule)(),
+        )
         if recipe["prepare_data"] is not None:
             validation.require(
                 callable(recipe["prepare_data"]),
@@ -157,21 +171,18 @@ class Experiment:
         from imp.tasks import registry  # seqio: only experiments of registered tasks need it
 
         resolved = registry.resolve(recipe["mixture_or_task_name"])
-        tasks = _with_options([spec for spec, _ in resolved], recipe["task_options"])
-        model = gin.get_configurable(ImpModel)()
-        check_config(model)  # before its values reach anything else
-        train_steps = _check_steps(recipe["train_steps"])
-        tx, learning_rate = gin.get_configurable(make_optimizer)(train_steps)
+        # Another mixture than the run's (`imp data inspect --mixture`): options of the run's
+        # tasks that are not in it do not apply.
+        strict = "mixture_or_task_name" not in overrides or not overrides["mixture_or_task_name"]
+        tasks = _with_options([spec for spec, _ in resolved], recipe["task_options"], strict)
         return cls(
             tasks=tuple(tasks),
             rates=tuple(rate for _, rate in resolved),
             model=model,
             train_steps=train_steps,
-            partitioner=gin.get_configurable(Partitioner)(),
             tx=tx,
             learning_rate=learning_rate,
-            loss=gin.get_configurable(TaskLoss)(),
-            schedule=gin.get_configurable(Schedule)(),
+            **parts,
             seed=recipe["seed"],
             run_dir=run_dir,
             config=gin.operative_config_str(),
@@ -205,6 +216,13 @@ class Experiment:
         """`{task: {metric: {value, chance}}}` on the held-out data of every data set
         (collective: every process calls it)."""
         return _evaluator().evaluate(self, params, evaluations)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Rows of one evaluation forward call over all processes: `EVAL_ROWS`, rounded up to
+        a multiple of the data-parallel devices and of the processes."""
+        unit = math.lcm(self.partitioner.data_parallelism, jax.process_count())
+        return -(-EVAL_ROWS // unit) * unit
 
     @functools.cached_property
     def compiled_forwards(self) -> dict:
@@ -253,7 +271,7 @@ class Experiment:
                 raise ImpError(f"{where}, {label}{hint}: {error.message}") from None
             if not self.model.num_experts:
                 continue
-            rows = spec.batch_size if train else _evaluator().batch_size(self.partitioner)
+            rows = spec.batch_size if train else self.eval_batch_size
             for modality, count in tokens.items():
                 check_routing_groups(self.model, count * rows, f"{where}, {label} {modality}")
 
@@ -274,6 +292,13 @@ def _check_steps(train_steps) -> int:
     return train_steps
 
 
+def _check_seed(seed) -> None:
+    validation.require(
+        isinstance(seed, int) and not isinstance(seed, bool),
+        f"Experiment.seed = {seed!r}: expected an integer",
+    )
+
+
 def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple[str, int], ...]:
     """One classifier head per name (`head_name`, default the data set) with its classes; tasks
     sharing a head must agree on the class count."""
@@ -290,8 +315,9 @@ def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(heads.items()))
 
 
-def _with_options(tasks: list[TaskSpec], options: dict | None) -> list[TaskSpec]:
-    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name}) applied."""
+def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
+    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name}) applied;
+    with `strict`, each task named must be one of `tasks`."""
     if options is None:
         return tasks
     validation.require(
@@ -301,7 +327,8 @@ def _with_options(tasks: list[TaskSpec], options: dict | None) -> list[TaskSpec]
     names = {spec.name for spec in tasks}
     unknown = sorted(set(options) - names)
     validation.require(
-        not unknown, f"Experiment.task_options names tasks outside the mixture: {unknown}"
+        not (strict and unknown),
+        f"Experiment.task_options names tasks outside the mixture: {unknown}",
     )
     for name, fields in options.items():
         where = f"Experiment.task_options['{name}']"

@@ -33,8 +33,6 @@ from imp.errors import ImpError
 from imp.tasks import registry
 from imp.tasks.spec import CLASSIFICATION, TaskSpec
 
-VIDEO_VARIANTS = ("half_res", "quarter_batch", "droptoken")
-IMAGE_VARIANTS = ("double_res", "droptoken")
 AUDIO = ("waveform", "spectrogram")
 
 

@@ -92,14 +92,16 @@ def world_dir(tmp_path_factory):
     return out
 
 
-def demo_bindings(model_dir, steps, world_dir, mixture="demo_all") -> list[str]:
+def demo_bindings(
+    model_dir, steps, world_dir, mixture="demo_all", num_images=WORLD_IMAGES
+) -> list[str]:
     """Gin bindings of the demo run at test size: the small world, batch 8, the TINY model."""
     return [
         f"MODEL_DIR = '{model_dir}'",
         f"TRAIN_STEPS = {steps}",
         f"MIXTURE_OR_TASK_NAME = '{mixture}'",
         f"prepare_demo.data_dir = '{world_dir}'",
-        f"prepare_demo.num_images = {WORLD_IMAGES}",
+        f"prepare_demo.num_images = {num_images}",
         "prepare_demo.batch_size = 8",
         *SHARED,
         *TINY,

@@ -3,6 +3,7 @@ found while the experiment is built: before any data is read or graph compiled."
 
 import json
 
+import gin
 import pytest
 from conftest import WORLD_IMAGES
 
@@ -135,6 +136,16 @@ def test_model_info_counts_parameters(capsys):
     d, m = 128, 512
     per_layer = (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d) + 4 * d
     assert info["components"]["encoder"] == 4 * per_layer + 2 * d
+
+
+def test_includes_are_found_with_a_runs_folder_in_the_working_directory(tmp_path, monkeypatch):
+    # After the demo, the working directory holds runs/; `include 'runs/demo.gin'` must still
+    # find the project's file (gin's package reader took runs/ for a Python package).
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    args = cli.build_parser().parse_args(["train", "--gin_file", "runs/ablation_objectives.gin"])
+    cli._configure(args, [])
+    assert gin.query_parameter("%MODEL_DIR") == "runs/ablation_objectives"
 
 
 def test_bare_string_flags_are_quoted():

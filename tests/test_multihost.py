@@ -16,6 +16,9 @@ from conftest import demo_bindings, with_devices
 from imp import cli
 
 MIXTURE = "demo_image_text"  # one contrastive task: zero-shot, retrieval and a linear probe
+# 65 held-out images: over 2 processes reading 32 rows at a time, the first has a second batch
+# (of one) when the second has none left, and must still meet it in every forward call.
+NUM_IMAGES = 325
 EVALUATIONS = ("classification", "zero_shot", "retrieval", "linear_probe")
 
 
@@ -53,7 +56,7 @@ def _finish(procs) -> list[str]:
 
 
 def _train(run_dir, steps, world_dir, *extra) -> list[str]:
-    bindings = demo_bindings(run_dir, steps, world_dir, MIXTURE)
+    bindings = demo_bindings(run_dir, steps, world_dir, MIXTURE, NUM_IMAGES)
     bindings += ["train.checkpoint_every = 1000", "train.evaluate_at_end = False", *extra]
     return ["train", *(f"--gin_bindings={b}" for b in bindings)]
 
@@ -64,9 +67,13 @@ def _steps(run_dir) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def stopped_and_resumed(tmp_path_factory, world_dir):
+def stopped_and_resumed(tmp_path_factory):
     """Two processes train until the second gets SIGTERM; both resume for 3 more steps and
     evaluate at the end (every process encodes its share of the held-out examples)."""
+    from imp.data import demo_world
+
+    world_dir = tmp_path_factory.mktemp("uneven_world") / "demo"
+    demo_world.generate(world_dir, seed=0, num_images=NUM_IMAGES)
     run_dir = tmp_path_factory.mktemp("two_hosts")
     procs = _start(_train(run_dir, 1000, world_dir))
     deadline = time.time() + 300

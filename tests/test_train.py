@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import configure_run, experiment_of
+from conftest import configure_run
 
 from imp.data.feeding import TrainStreams
 from imp.errors import ImpError
@@ -153,31 +153,6 @@ def test_resume_with_another_model_stops_and_touches_nothing(straight, run_confi
     message = error.value.message
     assert "does not match the configured model" in message
     assert "params/" in message and "(32" in message and "(48" in message
-    assert _snapshot(run_dir) == before
-
-
-def test_transient_read_errors_are_retried_then_reported_untouched(straight, monkeypatch):
-    from imp.training import checkpoint
-
-    run_dir, _ = straight
-    experiment = experiment_of(run_dir)
-    checkpointer = checkpoint.Checkpointer(run_dir / "checkpoints", read_only=True)
-    real, failures = checkpointer.manager.restore, {"left": 2}
-    monkeypatch.setattr(checkpoint, "_RETRY_SECONDS", 0.0)
-
-    def flaky(*args, **kwargs):
-        if failures["left"]:
-            failures["left"] -= 1
-            raise OSError(5, "Input/output error")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(checkpointer.manager, "restore", flaky)
-    step, _, meta = checkpointer.restore_latest(experiment.abstract_state)
-    assert step == 20 and "sampler" in meta  # two failures, then a read that worked
-    failures["left"] = 10
-    before = _snapshot(run_dir)
-    with pytest.raises(ImpError, match="after 3 attempts; nothing was changed"):
-        checkpointer.restore_latest(experiment.abstract_state)
     assert _snapshot(run_dir) == before
 
 

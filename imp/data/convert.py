@@ -189,6 +189,12 @@ def convert(
     return summary
 
 
+def _shard_pattern(split: str) -> str:
+    """The split's shards, `{split}-00000-of-00004.tfrecord`, and not another split's whose
+    name starts the same (`train-extra-...`)."""
+    return f"{split}-[0-9]*-of-[0-9]*.tfrecord"
+
+
 def _in_order(pool, jobs: list, window: int):
     """`media.decode_or_reason` of each job, in order, with at most `window` in flight."""
     pending = collections.deque()
@@ -232,7 +238,7 @@ def _replace_split(out_dir: Path, staging: Path, split: str) -> None:
     """Moves the complete new shards in place of the split's old ones. The old ones move
     aside first and are deleted last, so an interruption never leaves the split without a
     full set of shards somewhere (an aside folder of an interrupted run is kept, and named)."""
-    old = sorted(out_dir.glob(f"{split}-*.tfrecord"))
+    old = sorted(out_dir.glob(_shard_pattern(split)))
     aside = None
     if old:
         aside = Path(tempfile.mkdtemp(prefix=f".replaced-{split}-", dir=out_dir))
@@ -286,7 +292,7 @@ def _save_info(out_dir: Path, info: dict, summary: Summary, class_names, options
             summary.split: {
                 "num_examples": summary.written,
                 "num_shards": summary.shards,
-                "file_pattern": f"{summary.split}-*.tfrecord",
+                "file_pattern": _shard_pattern(summary.split),
             },
         },
     }

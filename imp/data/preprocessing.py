@@ -40,12 +40,6 @@ def clip_starts(
     return tf.cast(tf.round(fractions * tf.cast(room, tf.float32)), tf.int32)
 
 
-def gather_clip(frames: tf.Tensor, start: tf.Tensor, num_frames: int, stride: int) -> tf.Tensor:
-    """Frames `start, start + stride, ...`; a video shorter than the clip loops, as in DMVR."""
-    total = tf.shape(frames)[0]
-    return tf.gather(frames, (start + tf.range(num_frames) * stride) % total)
-
-
 def random_resized_crop(
     frames: tf.Tensor,
     height: int,

@@ -37,7 +37,11 @@ def run_dir_of(checkpoint_dir: str) -> Path:
 def pick_step(run_dir: Path, step: int | None) -> int:
     """`step`, or the latest checkpoint's, checked to exist."""
     checkpoints = run_dir / "checkpoints"
-    steps = Checkpointer(checkpoints, read_only=True).all_steps() if checkpoints.is_dir() else []
+    steps = []
+    if checkpoints.is_dir():
+        checkpointer = Checkpointer(checkpoints, read_only=True)
+        steps = checkpointer.all_steps()
+        checkpointer.close()
     if not steps:
         raise ImpError(f"no checkpoint in {checkpoints}")
     if step is not None and step not in steps:

@@ -15,10 +15,11 @@ averaged when `eval_clips` > 1; every caption):
 Every metric comes with its chance level. Each process encodes its share of the examples on
 the experiment's mesh (inputs sharded over the batch axes, as in training); the encoded
 examples of all processes are gathered, in an order that does not depend on how the split was
-shared, before any metric is computed, and a metric refuses scores that are not finite.
+shared, before any metric is computed, and a metric refuses scores that are not finite. (The
+linear probe fits up to 2000 training examples, the first of each process's share: for larger
+training splits, which ones depends on the number of processes.)
 """
 
-import math
 import zlib
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from imp.experiment import Experiment
 
 EVALUATIONS = ("classification", "zero_shot", "retrieval", "linear_probe")
-EVAL_ROWS = 64  # rows of one forward call, before rounding to the mesh
 PROBE_EXAMPLES = 2000  # training examples the linear probe fits
 _OUTPUTS = ("embedding/", "pooled/", "logits")
 
@@ -48,13 +48,6 @@ def check_evaluations(names) -> None:
         if name not in EVALUATIONS:
             hint = did_you_mean(name, EVALUATIONS) or f"; choose from {EVALUATIONS}"
             raise ImpError(f"unknown evaluation '{name}'{hint}")
-
-
-def batch_size(partitioner) -> int:
-    """Rows of one evaluation forward call over all processes: `EVAL_ROWS`, rounded up to a
-    multiple of the data-parallel devices and the processes."""
-    unit = math.lcm(partitioner.data_parallelism, jax.process_count())
-    return -(-EVAL_ROWS // unit) * unit
 
 
 def tasks_to_evaluate(tasks) -> dict[str, TaskSpec]:
@@ -113,7 +106,8 @@ class Encoder:
         self.model, self.params = experiment.model, params
         self.partitioner = experiment.partitioner
         self.param_shardings = experiment.shardings["params"]
-        self.rows = batch_size(self.partitioner) // jax.process_count()  # per process and call
+        self.batch_size = experiment.eval_batch_size  # rows of one call, all processes
+        self.rows = self.batch_size // jax.process_count()  # this process's
         self.compiled = experiment.compiled_forwards
 
     def __call__(self, inputs: dict[str, np.ndarray], head: str | None = None) -> dict:
@@ -199,7 +193,7 @@ def encode_split(
     example of `split` (of every process), averaged over clips; plus `label`, and captions
     embedded (`caption_embedding` `[N, K, D]` with their tokens `caption_tokens`)."""
     options = dict(
-        batch_size=batch_size(encoder.partitioner),
+        batch_size=encoder.batch_size,
         with_labels=bool(spec.class_names),
         with_captions="text" in spec.modalities,
     )
@@ -213,10 +207,12 @@ def encode_split(
         if _max_over_processes(int(batch is not None)) == 0:
             break
         if batch is None:  # this process is done; it still joins the others' forward calls
-            element = feeding.dataset(spec, split, 0, train=False, **options).element_spec
-            empty = empty or {
-                k: np.zeros((0, *v.shape[1:]), v.dtype.as_numpy_dtype) for k, v in element.items()
-            }
+            if empty is None:
+                element = feeding.dataset(spec, split, 0, train=False, **options).element_spec
+                empty = {
+                    k: np.zeros((0, *v.shape[1:]), v.dtype.as_numpy_dtype)
+                    for k, v in element.items()
+                }
             batch = empty
         seen += len(next(iter(batch.values())))
         for key, value in _encode_batch(encoder, spec, batch).items():
@@ -224,8 +220,10 @@ def encode_split(
     data = _gather({k: np.concatenate(v) for k, v in collected.items()})
     if not data:
         return data
-    # A canonical order, whatever share of the split each process read: results (the linear
-    # probe's held-out part, say) do not depend on the number of processes.
+    # A canonical order, whatever share of the split each process read: a split read whole
+    # gives the same results on any number of processes (the linear probe's held-out part,
+    # say). With `max_examples` each process reads only the start of its share, so which
+    # examples are kept can depend on how the split was shared.
     order = np.argsort(data.pop("example_key"), kind="stable")
     return {k: v[order][:max_examples] for k, v in data.items()}
 
@@ -256,10 +254,10 @@ def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
         value = value.reshape(n, clips, *value.shape[1:]).mean(1)
         out[key] = metrics.normalise(value) if key.startswith("embedding/") else value
     if "captions" in batch:
-        captions = batch["captions"]  # [batch, K, L]
-        k = captions.shape[1]
-        embedded = encoder({"text": captions.reshape(n * k, -1)})["embedding/text"]
-        out["caption_embedding"] = embedded.reshape(n, k, -1)
+        captions = batch["captions"]  # [batch, K, L]; the batch may be empty
+        _, k, length = captions.shape
+        embedded = encoder({"text": captions.reshape(n * k, length)})["embedding/text"]
+        out["caption_embedding"] = embedded.reshape(n, k, embedded.shape[-1])
         out["caption_tokens"] = captions
     return out
 
@@ -279,9 +277,13 @@ def evaluate_task(encoder: Encoder, spec: TaskSpec, evaluations=EVALUATIONS) -> 
     data = encode_split(encoder, spec, spec.eval_split)
     if not data:
         raise ImpError(f"task '{spec.name}': its evaluation split '{spec.eval_split}' is empty")
-    for key, value in data.items():
-        if key.startswith(_OUTPUTS) or key == "caption_embedding":
-            metrics.check_finite(f"task '{spec.name}': {key} of the evaluation split", value)
+    try:
+        return _metrics(encoder, spec, data, evaluations)
+    except ImpError as error:  # e.g. scores that are not finite: name the task
+        raise ImpError(f"task '{spec.name}': {error.message}") from None
+
+
+def _metrics(encoder: Encoder, spec: TaskSpec, data: dict, evaluations) -> dict[str, dict]:
     results = {}
     labelled = "label" in data and spec.class_names and np.all(data["label"] >= 0)
     num_classes = spec.num_classes
@@ -331,9 +333,6 @@ def _probe(encoder: Encoder, spec: TaskSpec, data: dict) -> dict:
     if source is None:
         return {}
     train = encode_split(encoder, spec, "train", max_examples=PROBE_EXAMPLES)
-    metrics.check_finite(
-        f"task '{spec.name}': pooled/{source} of the training split", train[f"pooled/{source}"]
-    )
     result = metrics.linear_probe(
         train[f"pooled/{source}"],
         train["label"],

@@ -8,12 +8,14 @@ Nothing is lost on a restore:
   optimizer) stops the run with the first mismatched leaf and both shapes, before anything
   is touched;
 * a read that fails with an I/O error is retried; if it keeps failing the run stops and the
-  checkpoint stays where it is;
-* only a checkpoint whose files are damaged (corrupt or missing data) is set aside, renamed
-  `N.unreadable-<time>`, for the one before it.
+  checkpoint stays where it is; so does any other failure (an orbax version it cannot read,
+  a sharding it cannot place, memory);
+* only a checkpoint whose files are damaged (unparsable, cut short or missing data) is set
+  aside, renamed `N.unreadable-<time>`, for the one before it.
 """
 
 import errno
+import json
 import logging
 import math
 import time
@@ -30,8 +32,10 @@ log = logging.getLogger(__name__)
 
 RETRIES = 3  # reads of one checkpoint before an I/O error is reported
 _RETRY_SECONDS = 1.0
-# Status codes of tensorstore / gRPC storage errors that a later attempt may not see.
-_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED")
+# Status codes of tensorstore / gRPC storage errors: the first kind a later attempt may not
+# see; the second, data that is not there or cut short (what damaged files give).
+_TRANSIENT_CODES = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED")
+_DAMAGE_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
 _DAMAGE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
 
 
@@ -89,7 +93,15 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         """Restores `step` into the shardings carried by `abstract_state`, after checking that
-        it matches; I/O errors are retried."""
+        it matches; I/O errors are retried, and an unreadable checkpoint is an `ImpError`."""
+        try:
+            return self._restore(step, abstract_state)
+        except _Damaged as damage:
+            raise ImpError(
+                f"checkpoint at step {step} in {self.directory} is unreadable ({damage})"
+            ) from None
+
+    def _restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         self.check_matches(step, abstract_state)
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
@@ -100,7 +112,12 @@ class Checkpointer:
     def meta(self, step: int) -> dict:
         """The JSON metadata saved with `step`."""
         args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-        return self._read(step, lambda: self.manager.restore(step, args=args))["meta"]
+        try:
+            return self._read(step, lambda: self.manager.restore(step, args=args))["meta"]
+        except _Damaged as damage:
+            raise ImpError(
+                f"checkpoint at step {step} in {self.directory} is unreadable ({damage})"
+            ) from None
 
     def restore_latest(self, abstract_state: TrainState) -> tuple[int, TrainState, dict] | None:
         """The newest checkpoint that reads back, as `(step, state, meta)`; None without any.
@@ -110,9 +127,9 @@ class Checkpointer:
         steps = sorted(self.manager.all_steps(), reverse=True)
         for step in steps:
             try:
-                return (step, *self.restore(step, abstract_state))
+                return (step, *self._restore(step, abstract_state))
             except _Damaged as damage:
-                aside = self._set_aside(step)
+                aside = self.set_aside(step, "unreadable")
                 log.warning(
                     "checkpoint at step %d in %s is unreadable (%s); moved to %s, trying the "
                     "one before",
@@ -132,15 +149,22 @@ class Checkpointer:
         return None
 
     def _read(self, step: int, read):
-        """`read()`, retried on I/O errors; damaged data raises `_Damaged`."""
+        """`read()`: damaged data raises `_Damaged`; an I/O error is retried, then reported;
+        anything else stops with the error, the checkpoint untouched."""
         for attempt in range(RETRIES):
             try:
                 return read()
             except ImpError:
                 raise
             except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds
-                if not _transient(error):
+                kind = _kind(error)
+                if kind == "damaged":
                     raise _Damaged(_describe(error)) from error
+                if kind != "transient":
+                    raise ImpError(
+                        f"cannot read the checkpoint at step {step} in {self.directory} "
+                        f"({_describe(error)}); nothing was changed"
+                    ) from None
                 if attempt + 1 == RETRIES:
                     raise ImpError(
                         f"cannot read the checkpoint at step {step} in {self.directory} "
@@ -151,14 +175,14 @@ class Checkpointer:
                 time.sleep(_RETRY_SECONDS * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _set_aside(self, step: int) -> Path:
-        """Renames a damaged step's folder so nothing restores it and the step can be saved
-        again (on the first process; the others wait for it)."""
-        aside = self.directory / f"{step}.unreadable-{int(time.time())}"
+    def set_aside(self, step: int, why: str) -> Path:
+        """Renames a step's folder to `N.<why>-<time>`, so nothing restores it and the step can
+        be saved again; nothing is deleted (on the first process; the others wait for it)."""
+        aside = self.directory / f"{step}.{why}-{int(time.time())}"
         if jax.process_index() == 0:
             (self.directory / str(step)).rename(aside)
         if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"imp.checkpoint.set_aside.{step}")
+            multihost_utils.sync_global_devices(f"imp.checkpoint.set_aside.{step}.{why}")
         self.manager.reload()
         return aside
 
@@ -173,12 +197,19 @@ class _Damaged(Exception):
     """A checkpoint whose data cannot be read back (not an I/O hiccup)."""
 
 
-def _transient(error: BaseException) -> bool:
-    """An error a later attempt may not see: a storage or network failure, not missing or
-    corrupt data."""
-    if isinstance(error, OSError):
-        return error.errno not in _DAMAGE_ERRNOS
-    return any(code in str(error) for code in _TRANSIENT_CODES)
+def _kind(error: BaseException) -> str:
+    """ "damaged": the checkpoint's data is missing, cut short or not what it should be;
+    "transient": a storage or network failure a later attempt may not see; "other"."""
+    if isinstance(error, json.JSONDecodeError | FileNotFoundError | NotADirectoryError):
+        return "damaged"
+    text = str(error)
+    if isinstance(error, ValueError | OSError) and any(c in text for c in _DAMAGE_CODES):
+        return "damaged"
+    if isinstance(error, OSError) and error.errno not in _DAMAGE_ERRNOS:
+        return "transient"
+    if any(code in text for code in _TRANSIENT_CODES):
+        return "transient"
+    return "other"
 
 
 def _describe(error: BaseException) -> str:
@@ -227,14 +258,25 @@ class BestCheckpoint:
                 )
             self.value = self.sign * meta["value"]
 
-    def offer(self, step: int, state: TrainState, results: dict) -> bool:
-        """Saves `state` if `results` (`{task: {metric: {value}}}`) beats the best so far."""
+    def offer(self, step: int, state: TrainState, results: dict) -> None:
+        """Saves `state` if `results` (`{task: {metric: {value}}}`) beats the best so far. A
+        best kept from beyond the step a run resumed at is moved aside (never deleted) when
+        the replayed steps beat it, as orbax saves no step below its latest."""
+        if self.name not in results.get(self.task, {}):
+            reported = sorted(f"{t}/{m}" for t, ms in results.items() for m in ms)
+            raise ImpError(
+                f"train.best_metric = '{self.metric}' was not reported by this evaluation "
+                f"(its metrics: {reported}); is the evaluation split labelled?"
+            )
         value = results[self.task][self.name]["value"]
         if self.sign * value <= self.value:
-            return False
+            return
         self.value = self.sign * value
+        latest = self.checkpointer.latest_step()
+        if latest is not None and latest >= step:
+            self.checkpointer.wait()
+            self.checkpointer.set_aside(latest, "superseded")
         self.checkpointer.save(step, state, {"metric": self.metric, "value": value})
-        return True
 
     def close(self) -> None:
         self.checkpointer.wait()

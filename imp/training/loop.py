@@ -14,6 +14,7 @@ at the same step. A step with a non-finite loss is skipped and logged.
 
 import copy
 import dataclasses
+import itertools
 import logging
 import signal
 import time
@@ -220,7 +221,12 @@ def _write_config(run_dir: Path, config: str, start: int) -> None:
     if not config or jax.process_index() != 0:
         return
     if path.exists() and path.read_text() != config:
-        path.rename(run_dir / f"config.before_step_{start}.gin")
+        earlier = run_dir / f"config.before_step_{start}.gin"
+        for n in itertools.count(1):  # a third config at one step keeps the second too
+            if not earlier.exists():
+                break
+            earlier = run_dir / f"config.before_step_{start}.{n}.gin"
+        path.rename(earlier)
     path.write_text(config)
 
 

@@ -148,11 +148,6 @@ class Schedule:
             0.0 <= self.floor <= 1.0, f"Schedule.floor = {self.floor}: expected a number in [0, 1]"
         )
 
-    @property
-    def joint(self) -> bool:
-        """Every task in every step."""
-        return self.name in JOINT
-
     def sampler(
         self, names: Sequence[str], rates: Sequence[float], total_steps: int, seed: int
     ) -> Sampler:
