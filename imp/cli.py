@@ -3,7 +3,8 @@
 imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
 imp eval --checkpoint_dir DIR [--step N] [--evaluations a,b] [--gin_file F ...]
-imp ablation objectives [--out DIR] [--gin.NAME=VALUE ...]
+imp ablation NAME [--seeds 3] [--out DIR] [--gin_file F ...] [--gin.NAME=VALUE ...]
+                                        (NAME: see `imp ablation --help`)
 imp data demo --out DIR [--seed N] [--num_images N]
 imp data convert --media_dir DIR --annotations FILE --out DIR [--split S] [--workers N] [--strict]
 imp data inspect [--gin_file F ...] [--mixture NAME] [--show N] [--throughput]
@@ -15,10 +16,13 @@ import functools
 import importlib
 import json
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 from imp.bench import BENCHMARKS
 from imp.errors import ImpError
+from imp.training.ablation import STUDIES
 
 DEFAULT_RUN = "runs/demo.gin"
 
@@ -172,16 +176,27 @@ def _ablation(args, flag_bindings) -> int:
     from imp import config
     from imp.training import ablation
 
-    files = args.gin_file or ["runs/ablation_objectives.gin"]
-    args.gin_file = files
+    study = ablation.STUDIES[args.study]
+    out = Path(args.out or f"ablations/{study.name}")
+    args.gin_file = [study.run_file, *args.gin_file]  # given files scale the study's run
     _configure(args, flag_bindings)  # registers the configurables; flags checked once
+    # One compilation cache for the whole study: seeds and variants share most graphs.
+    defaults = [f"train.compilation_cache = {str(out / 'compilation_cache')!r}"]
+    lines = [*defaults, *args.gin_bindings, *flag_bindings]
 
     def build(extra: list[str]):
-        config.parse(files, [*args.gin_bindings, *flag_bindings, *extra], args.gin_search_paths)
+        config.parse(args.gin_file, [*lines, *extra], args.gin_search_paths)
         return _build_run()
 
-    results = ablation.run(args.out, build)
-    print(ablation.format_table(results))
+    command = shlex.join(
+        ["imp", "ablation", study.name, f"--seeds={args.seeds}", f"--out={out}"]
+        + [f"--gin_file={f}" for f in args.gin_file[1:]]
+        + [f"--gin_search_paths={p}" for p in args.gin_search_paths]
+        + [f"--gin_bindings={b}" for b in [*args.gin_bindings, *flag_bindings]]
+    )
+    results = ablation.run(study, out, build, args.seeds, command)
+    print(ablation.format_tables(results))
+    print(f"report: {out / 'report.md'}")
     return 0
 
 
@@ -241,12 +256,15 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     _gin_parser(evaluate)
     evaluate.set_defaults(run=_eval)
     ablation = commands.add_parser(
-        "ablation", help="seed 004 Table 2: NCE only vs NCE + softmax summed vs alternating"
+        "ablation", help="the papers' findings, measured (docs/ablations.md)"
     )
-    ablation.add_argument("name", choices=["objectives"])
-    ablation.add_argument("--out", default="runs/ablation_objectives")
-    _gin_parser(ablation)
-    ablation.set_defaults(run=_ablation)
+    studies = ablation.add_subparsers(dest="study", required=True, metavar="NAME")
+    for name, study in STUDIES.items():  # light: the studies are data, the loop loads later
+        sub = studies.add_parser(name, help=study.help)
+        sub.add_argument("--seeds", type=int, default=3, help="seeds per variant (0, 1, ...)")
+        sub.add_argument("--out", help=f"study folder (default: ablations/{name})")
+        _gin_parser(sub)
+        sub.set_defaults(run=_ablation)
     bench = commands.add_parser("bench", help="systems benchmarks (docs/benchmarks.md)")
     bench = bench.add_subparsers(dest="bench", required=True)
     for name in BENCHMARKS if with_benchmarks else ():

@@ -4,8 +4,6 @@ multi-label data (AudioSet), and symmetric cross-modal NCE.
 Each returns `(loss, metrics)` with a scalar loss averaged over the batch.
 """
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,13 +40,20 @@ def pairwise_nce(a: jax.Array, b: jax.Array, logit_scale: jax.Array) -> tuple[ja
     return 0.5 * (a_to_b + b_to_a), accuracy
 
 
-def nce(embeddings: dict[str, jax.Array], logit_scale: jax.Array) -> tuple[jax.Array, dict]:
-    """Average symmetric NCE over all modality pairs of a task (e.g. video-audio-text: 3 pairs)."""
-    names = sorted(embeddings)
-    assert len(names) >= 2, f"NCE needs two modalities, got {names}"
+def nce(
+    embeddings: dict[tuple[str, str], jax.Array], logit_scales: dict[tuple[str, str], jax.Array]
+) -> tuple[jax.Array, dict]:
+    """Average symmetric NCE over the modality pairs `(x, y)` (names sorted) of a task, e.g.
+    video-audio-text: 3 pairs. `logit_scales[(x, y)]` is the pair's 1 / temperature;
+    `embeddings[(x, y)]` is x embedded for comparison with y, `[batch, dim]` L2-normalised
+    (with linear heads the same array for every y)."""
+    pairs = sorted(logit_scales)
+    assert pairs and all(x < y for x, y in pairs), f"NCE needs sorted modality pairs: {pairs}"
     losses, metrics = [], {}
-    for x, y in itertools.combinations(names, 2):
-        loss, accuracy = pairwise_nce(embeddings[x], embeddings[y], logit_scale)
+    for x, y in pairs:
+        scale = logit_scales[x, y]
+        loss, accuracy = pairwise_nce(embeddings[x, y], embeddings[y, x], scale)
         losses.append(loss)
         metrics[f"accuracy/{x}_{y}"] = accuracy
+        metrics[f"temperature/{x}_{y}"] = 1.0 / scale
     return jnp.mean(jnp.stack(losses)), metrics

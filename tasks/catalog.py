@@ -5,7 +5,12 @@ optional `dataset_info.json` (written by `imp data convert`: example counts and 
 and an optional `classes.txt` (one class name per line). TFDS data sets (`cifar100`,
 `imagenet2012`) are read through seqio's TFDS source from a prepared TFDS `data_dir`; nothing
 is downloaded. Shapes are the paper's base resolutions (video 16x224x224 in 4x16x16 tubelets,
-so T_F = 4; images 224x224); override any field per data set:
+so T_F = 4; images 224x224). Data sets that only have labels also train the common space
+through label-text NCE (seed 004 §4.1) when a vocabulary is given: their text is a prompt of
+the class name; AudioSet's trains spectrogram-text NCE, so zero-shot audio (ESC-50) has a
+trained path. The zero-shot evaluation sets (`ZERO_SHOT_SETS`) stay out of the pre-training
+mixtures (`imp_all`, ...), as in the paper; their tasks train in `imp_downstream` and their
+own `imp_<name>_labels`. Override any field per data set:
 
     prepare_catalog.data_dir = '/data'
     prepare_catalog.names = ['kinetics400', 'msrvtt']
@@ -29,9 +34,11 @@ IMAGE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "{}")
 AUDIO_TEMPLATES = ("the sound of {}.", "{}")
 
 _VIDEO = dict(frames=16, stride=2, height=224, width=224, frame_tokens=4)
-_IMAGE = dict(height=224, width=224)
+# DropToken on video only, as IMP's reference code (seed 004 also lists an image variant).
+_IMAGE = dict(height=224, width=224, image_droptoken=False)
 # 1.28 s of 16 kHz audio (16 frames, stride 2, at 25 fps): 128 log-mel frames of 10 ms.
 _AUDIO = dict(sample_rate=16000, num_samples=20480)
+_LABEL_TEXT = {"label_text": ("nce", ("vision", "text"), "labels")}
 _VIDEO_TEXT = {
     "text": ("nce", ("vision", "text")),
     "audio_text": ("nce", ("vision", "waveform", "text")),
@@ -40,7 +47,7 @@ _VIDEO_TEXT = {
 ENTRIES: dict[str, dict] = {
     **{
         f"kinetics{n}": dict(
-            tasks={"cls": ("softmax", ("vision",))},
+            tasks={"cls": ("softmax", ("vision",)), **_LABEL_TEXT},
             class_templates=VIDEO_TEMPLATES,
             **_VIDEO,
         )
@@ -50,6 +57,7 @@ ENTRIES: dict[str, dict] = {
         tasks={
             "cls": ("bce", ("spectrogram",)),
             "video_audio": ("nce", ("vision", "waveform")),
+            "label_text": ("nce", ("spectrogram", "text"), "labels"),
         },
         class_templates=AUDIO_TEMPLATES,
         eval_split="eval",
@@ -64,7 +72,10 @@ ENTRIES: dict[str, dict] = {
         **_AUDIO,
     ),
     "esc50": dict(
-        tasks={"cls": ("softmax", ("spectrogram",))},
+        tasks={
+            "cls": ("softmax", ("spectrogram",)),
+            "label_text": ("nce", ("spectrogram", "text"), "labels"),
+        },
         class_templates=AUDIO_TEMPLATES,
         eval_split="test",
         sample_rate=16000,
@@ -73,15 +84,16 @@ ENTRIES: dict[str, dict] = {
     ),
     "cc3m": dict(tasks={"text": ("nce", ("vision", "text"))}, **_IMAGE),
     "cifar100": dict(
-        tasks={"cls": ("softmax", ("vision",))},
+        tasks={"cls": ("softmax", ("vision",)), **_LABEL_TEXT},
         tfds_name="cifar100:3.*.*",
         class_templates=IMAGE_TEMPLATES,
         eval_split="test",
         height=32,
         width=32,
+        image_droptoken=False,
     ),
     "imagenet2012": dict(
-        tasks={"cls": ("softmax", ("vision",))},
+        tasks={"cls": ("softmax", ("vision",)), **_LABEL_TEXT},
         tfds_name="imagenet2012:5.*.*",
         class_templates=IMAGE_TEMPLATES,
         **_IMAGE,
@@ -89,13 +101,24 @@ ENTRIES: dict[str, dict] = {
 }
 
 
+# Zero-shot evaluation sets of seed 004 Table 1 (UCF101 and HMDB51 are not in the catalog).
+ZERO_SHOT_SETS = ("kinetics400", "kinetics600", "kinetics700", "esc50", "cifar100", "imagenet2012")
+
+
 def describe(name: str, data_dir: str, vocabulary: str = "", **overrides) -> datasets.Dataset:
     """The `Dataset` of catalog entry `name` under `data_dir`; fails naming the missing path
-    when its files are not there."""
+    when its files are not there. Without a vocabulary, label-text tasks are left out (a
+    caption task still needs one)."""
     if name not in ENTRIES:
         hint = did_you_mean(name, ENTRIES) or f"; known: {sorted(ENTRIES)}"
         raise ImpError(f"unknown catalog data set '{name}'{hint}")
     fields = {**ENTRIES[name], **overrides}
+    if not vocabulary:
+        fields["tasks"] = {k: v for k, v in fields["tasks"].items() if v[2:] != ("labels",)}
+    uses_text = any("text" in entry[1] for entry in fields["tasks"].values())
+    if uses_text and not vocabulary:
+        raise ImpError(f"data set '{name}': its tasks read text; set prepare_catalog.vocabulary")
+    fields["vocabulary"] = vocabulary if uses_text else ""
     if fields.get("tfds_name"):
         return _describe_tfds(name, data_dir, fields)
     root = os.path.join(data_dir, name)
@@ -110,15 +133,11 @@ def describe(name: str, data_dir: str, vocabulary: str = "", **overrides) -> dat
         or datasets.count_records(pattern)
         for split, pattern in patterns.items()
     }
-    uses_text = any("text" in m for _, m in fields["tasks"].values())
-    if uses_text and not vocabulary:
-        raise ImpError(f"data set '{name}': its tasks read text; set prepare_catalog.vocabulary")
     fields.setdefault("class_names", _class_names(root, info))
     return datasets.Dataset(
         name=name,
         file_patterns=patterns,
         num_examples=counts,
-        vocabulary=vocabulary if uses_text else "",
         **fields,
     )
 
@@ -177,11 +196,13 @@ def prepare_catalog(
     vocabulary: str = "",
     mixture_prefix: str = "imp",
     overrides: dict[str, dict] | None = None,
+    downstream: Sequence[str] = ZERO_SHOT_SETS,
 ) -> list[tuple[TaskSpec, float]]:
     """Registers catalog data sets and the standard mixtures (`{mixture_prefix}_all`, ...).
 
     With `names`, each named data set must be present (else a clear error); without, every
-    entry found under `data_dir` is registered and the others are left out.
+    entry found under `data_dir` is registered and the others are left out. The `downstream`
+    data sets stay out of the pre-training mixtures (see `registry.register_mixtures`).
     """
     chosen = list(names) if names is not None else available(data_dir)
     if not chosen:
@@ -191,5 +212,5 @@ def prepare_catalog(
     for name in chosen:
         description = describe(name, data_dir, vocabulary, **overrides.get(name, {}))
         registered += datasets.register_dataset(description)
-    registry.register_mixtures(mixture_prefix, registered)
+    registry.register_mixtures(mixture_prefix, registered, downstream)
     return registered

@@ -5,9 +5,13 @@ A `Dataset` names the files per split, what the examples hold, the tasks to trai
 
 * one training Task per (task, resolution variant), named `{dataset}_{task}[_{variant}]`,
   with the multi-resolution variants of seed 004 ("Multi-Resolution Strategy"): for video,
-  half spatial resolution, a quarter of the batch, and DropToken 1 - 1/T_F; for images, a
-  quarter of the batch at twice the spatial size, and DropToken 0.75. The variants of one
-  task share its sampling weight equally;
+  half spatial resolution, a quarter of the batch, and DropToken 1 - 1/T_F, each at the
+  image base's tokens per batch; for images, the base, a quarter of the batch at twice the
+  spatial size, and DropToken 0.75 (`Dataset.image_droptoken`). The variants of one task
+  share its sampling weight equally ("the same weight" per variant). The paper trains video
+  only through its three variants: the full-token video base (4x the image budget per batch)
+  joins the multi-resolution mixtures only with `Dataset.video_base = True`, and otherwise
+  trains only in the base-resolution mixtures;
 * one evaluation Task, `{dataset}_eval`: central (or several evenly spaced) clips, a central
   crop, and every caption.
 
@@ -31,7 +35,7 @@ from imp import validation
 from imp.data import dmvr, preprocessing
 from imp.errors import ImpError
 from imp.tasks import registry
-from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, TEXT_SOURCES, TaskSpec
 
 AUDIO = ("waveform", "spectrogram")
 
@@ -42,13 +46,16 @@ class Dataset:
     """A DMVR data set (see `imp.data.dmvr`) and the tasks to train on it.
 
     `tasks` maps a task suffix to `(objective, model inputs)`, e.g.
-    `{"text": ("nce", ("vision", "text")), "cls": ("softmax", ("vision",))}`. Shapes are the
+    `{"text": ("nce", ("vision", "text")), "cls": ("softmax", ("vision",))}`, or to
+    `(objective, model inputs, "labels")` for a task whose text is a prompt of the example's
+    class name rather than a caption (label-based NCE, seed 004 §4.1: label-only data such as
+    ImageNet or Kinetics then trains the common space). Shapes are the
     base variant's; `frames == 1` makes an image data set. `weight` (default: training
     examples) is the sampling weight each task of the data set gets in a mixture.
     """
 
     name: str
-    tasks: dict[str, tuple[str, Sequence[str]]]
+    tasks: dict[str, tuple]  # suffix -> (objective, model inputs[, text source])
     file_patterns: dict[str, str] = dataclasses.field(default_factory=dict)  # split -> glob
     num_examples: dict[str, int] = dataclasses.field(default_factory=dict)  # split -> count
     tfds_name: str = ""  # read a TFDS image data set ("cifar100:3.*.*") instead of files
@@ -80,6 +87,10 @@ class Dataset:
     eval_width: int = 0
     max_captions: int = 1  # captions kept per example in evaluation
     multi_resolution: bool = True
+    video_base: bool = False  # the full-token video base also trains among the variants
+    # The image DropToken variant: seed 004 lists it; IMP's reference code drops no image
+    # tokens (the catalog follows the code).
+    image_droptoken: bool = True
     frame_tokens: int = 4  # T_F: tubelets along time in a base clip (seed 004 keeps it 4)
     weight: float | None = None
 
@@ -104,10 +115,9 @@ def variants(dataset: Dataset, spec: TaskSpec) -> list[TaskSpec]:
             "droptoken": dict(drop_rate=1.0 - 1.0 / dataset.frame_tokens),
         }
     else:
-        changes = {
-            "double_res": dict(batch_size=b // 4, height=2 * h, width=2 * w),
-            "droptoken": dict(drop_rate=0.75),
-        }
+        changes = {"double_res": dict(batch_size=b // 4, height=2 * h, width=2 * w)}
+        if dataset.image_droptoken:
+            changes["droptoken"] = dict(drop_rate=0.75)
     return [spec] + [
         dataclasses.replace(spec, name=f"{spec.name}_{variant}", variant=variant, **change)
         for variant, change in changes.items()
@@ -131,25 +141,57 @@ def register_dataset(dataset: Dataset) -> list[tuple[TaskSpec, float]]:
     num_train = _num_examples(dataset, source)
     weight = dataset.weight or num_train
     registered = []
-    for suffix, (objective, modalities) in dataset.tasks.items():
+    for suffix, (objective, modalities, text_source) in task_entries(dataset).items():
         base = TaskSpec(
             name=f"{dataset.name}_{suffix}",
             dataset=dataset.name,
             objective=objective,
             modalities=tuple(modalities),
             num_examples=num_train,
+            text_source=text_source,
             **_shapes(dataset, vocabulary),
             eval_task=eval_task,
         )
         family = variants(dataset, base)
+        # The video base sits out the multi-resolution mixtures unless asked for: weight 0.
+        sharing = [s for s in family if s.variant != "base" or _trains_base(dataset)]
         for spec in family:
             preprocessors = [
                 functools.partial(_train_example, source=dataset, spec=spec),
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
             ]
             registry.register(spec, source, preprocessors, features)
-            registered.append((spec, weight / len(family)))
+            registered.append((spec, weight / len(sharing) if spec in sharing else 0.0))
     return registered
+
+
+def task_entries(dataset: Dataset) -> dict[str, tuple[str, tuple[str, ...], str]]:
+    """`Dataset.tasks` as `suffix -> (objective, model inputs, text source)`, checked."""
+    entries = {}
+    for suffix, entry in dataset.tasks.items():
+        where = f"{dataset.name}/Dataset.tasks['{suffix}'] = {entry!r}"
+        validation.require(
+            isinstance(entry, (tuple, list))
+            and len(entry) in (2, 3)
+            and isinstance(entry[1], (tuple, list)),
+            f"{where}: expected (objective, model inputs) or (objective, model inputs, "
+            "text source)",
+        )
+        text_source = entry[2] if len(entry) == 3 else "captions"
+        validation.require(
+            text_source in TEXT_SOURCES, f"{where}: text source must be one of {TEXT_SOURCES}"
+        )
+        validation.require(
+            text_source == "captions" or "text" in entry[1],
+            f"{where}: text from labels needs 'text' among the model inputs",
+        )
+        entries[suffix] = (entry[0], tuple(entry[1]), text_source)
+    return entries
+
+
+def _trains_base(dataset: Dataset) -> bool:
+    """Whether the base resolution trains in the multi-resolution mixtures."""
+    return not (dataset.multi_resolution and dataset.is_video) or dataset.video_base
 
 
 def _source(dataset: Dataset) -> seqio.DataSource:
@@ -234,10 +276,13 @@ def _check(dataset: Dataset) -> None:
     for split, pattern in dataset.file_patterns.items():
         if not tf.io.gfile.glob(pattern):
             raise ImpError(f"{where}: no files match the '{split}' pattern {pattern}")
-    used = {m for _, modalities in dataset.tasks.values() for m in modalities}
-    for suffix, (objective, _) in dataset.tasks.items():
+    entries = task_entries(dataset)
+    used = {m for _, modalities, _ in entries.values() for m in modalities}
+    for suffix, (objective, _, text_source) in entries.items():
         if objective in CLASSIFICATION and not dataset.class_names:
             raise ImpError(f"{where}: task '{suffix}' ({objective}) needs class_names")
+        if text_source == "labels" and not dataset.class_names:
+            raise ImpError(f"{where}: task '{suffix}' takes its text from labels: set class_names")
     if used & set(AUDIO) and not dataset.num_samples:
         raise ImpError(f"{where}: audio inputs need num_samples (the audio window)")
     if "text" in used and not dataset.vocabulary:
@@ -280,8 +325,12 @@ def _require(condition: tf.Tensor, source_file: tf.Tensor, message: str) -> tf.O
     return tf.debugging.Assert(condition, [f"{registry.CHECK_MARK}{message} in file", source_file])
 
 
-def _checked(dataset: Dataset, example: dict, source_file, modalities, objective) -> dict:
-    """Stops the stream on an example that lacks what the task needs: never a silent skip."""
+def _checked(
+    dataset: Dataset, example: dict, source_file, modalities, objective, captions=True
+) -> dict:
+    """Stops the stream on an example that lacks what the task needs: never a silent skip.
+    Text comes from the captions (`captions`), else from the labels (then checked like a
+    single-label task's)."""
     checks = []
     if "vision" in modalities:
         checks.append(
@@ -290,9 +339,11 @@ def _checked(dataset: Dataset, example: dict, source_file, modalities, objective
     if set(modalities) & set(AUDIO):
         present = tf.size(example["waveform"]) > 0
         checks.append(_require(present, source_file, f"missing feature {dmvr.WAVEFORM}"))
-    if "text" in modalities:
+    if "text" in modalities and captions:
         present = tf.size(example["captions"]) > 0
         checks.append(_require(present, source_file, f"missing feature {dmvr.CAPTION}"))
+    if "text" in modalities and not captions and objective not in CLASSIFICATION:
+        objective = "bce"  # labels are checked present and in range
     if objective in CLASSIFICATION:
         labels = example["label"]
         checks.append(_require(tf.size(labels) > 0, source_file, f"missing feature {dmvr.LABEL}"))
@@ -380,10 +431,12 @@ def _read(dataset: Dataset, element: dict, audio: bool) -> tuple[dict, tf.Tensor
 def _train_example(element, seeds, source: Dataset, spec: TaskSpec) -> dict:
     """A training example of `spec`: one random clip, crop, flip, caption."""
     dataset = source  # (seqio's wrapper reserves the name `dataset`)
-    clip_seed, vision_seed, caption_seed = seeds
+    clip_seed, vision_seed, text_seed = seeds
     wants_audio = bool(set(spec.modalities) & set(AUDIO))
     example, source_file = _read(dataset, element, wants_audio)
-    example = _checked(dataset, example, source_file, spec.modalities, spec.objective)
+    example = _checked(
+        dataset, example, source_file, spec.modalities, spec.objective, spec.has_captions
+    )
     starts = preprocessing.clip_starts(
         tf.shape(example["frames"])[0], spec.frames, dataset.stride, 1, clip_seed
     )
@@ -394,11 +447,20 @@ def _train_example(element, seeds, source: Dataset, spec: TaskSpec) -> dict:
     if wants_audio:
         audio = _audio(dataset, example["waveform"], starts)
         out.update({m: audio[m][0] for m in AUDIO if m in spec.modalities})
-    if "text" in spec.modalities:
-        out["text"] = preprocessing.pick_caption(example["captions"], caption_seed)
+    if spec.has_captions:
+        out["text"] = preprocessing.pick_caption(example["captions"], text_seed)
+    elif "text" in spec.modalities:
+        out["text"] = _label_prompt(spec.class_prompts, example["label"], text_seed)
     if spec.objective in CLASSIFICATION:
         out.update(_labels(dataset, spec.objective, example["label"]))
     return out
+
+
+def _label_prompt(class_prompts, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """A random prompt of a random one of the example's `labels`: "a photo of a {class}"."""
+    label_seed, prompt_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    label = preprocessing.pick_caption(labels, label_seed)
+    return preprocessing.pick_caption(tf.ragged.constant(class_prompts)[label], prompt_seed)
 
 
 @seqio.map_over_dataset
@@ -407,8 +469,12 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
     evenly spaced clips (a leading clip axis only when more than one), central crops, the
     first caption as `text`, up to `max_captions` tokenised captions, and the labels."""
     dataset = source
-    used = {m for _, modalities in dataset.tasks.values() for m in modalities}
-    objectives = {objective for objective, _ in dataset.tasks.values()}
+    entries = task_entries(dataset).values()
+    used = {m for _, modalities, _ in entries for m in modalities}
+    captioned = any(source == "captions" and "text" in m for _, m, source in entries)
+    if not captioned:
+        used.discard("text")  # text from labels: zero-shot reads the class prompts instead
+    objectives = {objective for objective, _, _ in entries}
     example, source_file = _read(dataset, element, bool(used & set(AUDIO)))
     labelled = next((o for o in CLASSIFICATION if o in objectives), None)
     example = _checked(dataset, example, source_file, tuple(used), labelled)

@@ -35,10 +35,14 @@ def prepare_demo(
     batch_size: int = 32,
     text_length: int = 24,  # the longest demo caption has 19 tokens
     num_images: int | None = None,
+    label_text: bool = False,
 ) -> None:
     """Generates the demo world if needed, then registers its tasks and `demo_all`.
 
     `num_images` limits the world to the first N digit images (tests); None uses all.
+    `label_text` adds `digit_images_label_text`: NCE between an image and a prompt of its
+    digit's name (seed 004 §4.1's label-based NCE), and with it the mixture
+    `demo_digit_images_labels` of the two tasks the labels train (Table 2's setting).
     """
     for name, value in (("batch_size", batch_size), ("text_length", text_length), ("seed", seed)):
         validation.at_least(f"prepare_demo.{name}", value, 0 if name == "seed" else 1)
@@ -46,16 +50,27 @@ def prepare_demo(
         data_dir is None or isinstance(data_dir, str),
         f"prepare_demo.data_dir = {data_dir!r}: expected a path",
     )
+    validation.require(
+        isinstance(label_text, bool), f"prepare_demo.label_text = {label_text!r}: expected a bool"
+    )
     root = Path(data_dir).expanduser() if data_dir else default_data_dir(seed)
     manifest = demo_world.ensure(root, seed, num_images)
-    register_demo(root, manifest, batch_size, text_length)
+    register_demo(root, manifest, batch_size, text_length, label_text)
 
 
-def register_demo(root: Path, manifest: dict, batch_size: int = 32, text_length: int = 24) -> None:
+def register_demo(
+    root: Path,
+    manifest: dict,
+    batch_size: int = 32,
+    text_length: int = 24,
+    label_text: bool = False,
+) -> None:
     """Registers the demo data sets through `datasets.register_dataset`, like any user data,
     and the standard mixtures under the prefix `demo` (`demo_all`, `demo_video_text`, ...)."""
     registered = []
     for name, tasks in _TASKS.items():
+        if label_text and name == "image":
+            tasks = {**tasks, "label_text": ("nce", ("vision", "text"), "labels")}
         info = manifest["datasets"][name]
         splits = info["splits"]
         dataset = datasets.Dataset(

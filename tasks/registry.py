@@ -1,6 +1,8 @@
 """Task descriptions (`imp.tasks.spec.TaskSpec`) registered together with their seqio Tasks,
 and the standard mixtures over them."""
 
+from collections.abc import Sequence
+
 import seqio
 
 from imp.errors import ImpError, did_you_mean
@@ -41,10 +43,15 @@ def register_mixture(
 
 def mixture_groups(spec: TaskSpec) -> list[str]:
     """The standard mixtures a task belongs to: image_text, video_text, video_audio_text,
-    contrastive (every NCE task), classification, and all."""
+    label_text (NCE against class-name prompts), contrastive (every NCE task),
+    classification, all, and `{data set}_labels` (the tasks its labels train: classification
+    and label-text NCE, seed 004 Table 2's setting)."""
     modalities = set(spec.modalities)
+    labels = f"{spec.dataset}_labels"
     if spec.objective in CLASSIFICATION:
-        return ["all", "classification"]
+        return ["all", "classification", labels]
+    if spec.text_source == "labels":
+        return ["all", "contrastive", "label_text", labels]
     groups = ["all", "contrastive"]
     if modalities & {"waveform", "spectrogram"} and {"vision", "text"} <= modalities:
         groups.append("video_audio_text")
@@ -57,13 +64,23 @@ def _base_name(spec: TaskSpec) -> str:
     return spec.name.removesuffix(f"_{spec.variant}") if spec.variant != "base" else spec.name
 
 
-def register_mixtures(prefix: str, tasks: list[tuple[TaskSpec, float]]) -> list[str]:
+def register_mixtures(
+    prefix: str, tasks: list[tuple[TaskSpec, float]], downstream: Sequence[str] = ()
+) -> list[str]:
     """`{prefix}_{group}` over the base-resolution tasks and `{prefix}_{group}_multires`
-    over every variant, for each group of `mixture_groups`, with the tasks' weights."""
+    over every variant of weight above 0 (a video base sits out, see
+    `imp.tasks.datasets`), for each group of `mixture_groups`, with the tasks' weights; a
+    base task's weight in `{prefix}_{group}` is its whole family's. Tasks of the
+    `downstream` data sets (zero-shot evaluation sets, kept out of pre-training as seed 004
+    §4.1 does) join only `{prefix}_downstream` and their data set's own mixtures."""
     members: dict[str, list[tuple[TaskSpec, float]]] = {}
     for spec, weight in tasks:
-        for group in mixture_groups(spec):
-            members.setdefault(f"{prefix}_{group}_multires", []).append((spec, weight))
+        groups = mixture_groups(spec)
+        if spec.dataset in downstream:
+            groups = ["downstream", *(g for g in groups if g == f"{spec.dataset}_labels")]
+        for group in groups:
+            if weight > 0:
+                members.setdefault(f"{prefix}_{group}_multires", []).append((spec, weight))
             if spec.variant == "base":
                 base_weight = sum(w for s, w in tasks if _base_name(s) == spec.name)
                 members.setdefault(f"{prefix}_{group}", []).append((spec, base_weight))

@@ -13,6 +13,9 @@ from imp.errors import ImpError
 CLASSIFICATION = ("softmax", "bce")  # single-label, multi-label (sigmoid)
 OBJECTIVES = ("nce", *CLASSIFICATION)
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
+# Where a task's text comes from: the example's captions, or a prompt of one of its labels'
+# class names (seed 004 §4.1: label-based vision-text NCE on JFT / I21K, as BASIC).
+TEXT_SOURCES = ("captions", "labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,7 @@ class TaskSpec:
     loss_weight: float = 1.0
     lr_multiplier: float = 1.0
     head_name: str = ""  # the classifier head; "" = one per data set
+    text_source: str = "captions"  # one of TEXT_SOURCES
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -51,10 +55,23 @@ class TaskSpec:
             raise ImpError(f"task '{self.name}': unknown modalities {sorted(unknown)}")
         if self.objective in CLASSIFICATION and not self.class_names:
             raise ImpError(f"task '{self.name}': a {self.objective} task needs class_names")
+        if self.text_source not in TEXT_SOURCES:
+            raise ImpError(
+                f"task '{self.name}': text source '{self.text_source}' not in {TEXT_SOURCES}"
+            )
+        if self.text_source == "labels" and not ("text" in self.modalities and self.class_prompts):
+            raise ImpError(
+                f"task '{self.name}': text from labels needs a text input and class names"
+            )
 
     @property
     def head(self) -> str:
         return self.head_name or self.dataset
+
+    @property
+    def has_captions(self) -> bool:
+        """Whether the task reads the data set's captions (retrieval can then be measured)."""
+        return "text" in self.modalities and self.text_source == "captions"
 
     @property
     def num_classes(self) -> int:

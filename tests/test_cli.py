@@ -138,6 +138,20 @@ def test_model_info_counts_parameters(capsys):
     assert info["components"]["encoder"] == 4 * per_layer + 2 * d
 
 
+def test_model_info_reports_the_paper_moe_options(capsys):
+    """IMP-MoE-B as IMP's reference code: qk-LayerNorm, per-pair MLP heads into a 1024-wide
+    common space, per-pair temperatures starting at 1.0."""
+    assert cli.main(["model-info", "--gin_file", "models/imp_moe_b.gin", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["config"]["qk_layernorm"] is True
+    assert info["config"]["contrastive_head"] == "mlp"
+    assert info["config"]["temperature"] == "per_pair"
+    assert info["config"]["temperature_init"] == 1.0
+    assert info["config"]["embed_dim"] == 1024
+    assert "projections_vision_to_text" in info["components"]
+    assert info["components"]["temperature_text_vision"] == 1
+
+
 def test_includes_are_found_with_a_runs_folder_in_the_working_directory(tmp_path, monkeypatch):
     # After the demo, the working directory holds runs/; `include 'runs/demo.gin'` must still
     # find the project's file (gin's package reader took runs/ for a Python package).
@@ -146,6 +160,28 @@ def test_includes_are_found_with_a_runs_folder_in_the_working_directory(tmp_path
     args = cli.build_parser().parse_args(["train", "--gin_file", "runs/ablation_objectives.gin"])
     cli._configure(args, [])
     assert gin.query_parameter("%MODEL_DIR") == "runs/ablation_objectives"
+
+
+@pytest.mark.parametrize(
+    "size, warmup, peak", [("b", 25000, 1e-3), ("moe_b", 25000, 1e-3), ("l", 50000, 5e-4)]
+)
+def test_paper_runs_follow_the_reference_schedule(size, warmup, peak):
+    import optax
+
+    from imp.modeling.model import ImpModel, check_config
+    from imp.training.optimizer import make_optimizer
+
+    args = cli.build_parser().parse_args(["train", "--gin_file", f"runs/paper_imp_{size}.gin"])
+    cli._configure(args, [])
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "imp_all_multires"
+    tx, schedule = gin.get_configurable(make_optimizer)(gin.query_parameter("%TRAIN_STEPS"))
+    assert float(schedule(warmup)) == pytest.approx(peak)
+    assert float(schedule(warmup // 2)) == pytest.approx(peak / 2)
+    assert isinstance(tx, optax.GradientTransformation)
+    model = gin.get_configurable(ImpModel)()
+    check_config(model)
+    assert (model.contrastive_head, model.temperature) == ("mlp", "per_pair")
+    assert model.qk_layernorm == size.startswith("moe")
 
 
 def test_bare_string_flags_are_quoted():

@@ -222,6 +222,41 @@ def test_catalog_entry_on_synthetic_shards(tmp_path):
     assert batch["vision"].shape == (4, 4, 8, 8, 3)
 
 
+def test_label_only_data_trains_label_text_nce_out_of_the_pretraining_mixtures(tmp_path, world_dir):
+    import seqio
+
+    from imp.data import demo_world
+
+    classes = ("one", "two", "three")  # words the demo vocabulary spells
+    _kinetics_shards(tmp_path, classes=classes)
+    vocabulary = str(world_dir / demo_world.VOCABULARY)
+    catalog.prepare_catalog(
+        str(tmp_path),
+        vocabulary=vocabulary,
+        overrides={
+            "kinetics400": {
+                **{"frames": 4, "stride": 1, "height": 16, "width": 16},
+                "class_templates": ("a video of {}", "{}"),  # no '.': not in the vocabulary
+            }
+        },
+        mixture_prefix="z",
+    )
+    spec = registry.spec("kinetics400_label_text")
+    assert spec.text_source == "labels" and spec.modalities == ("vision", "text")
+    batch = next(feeding.batches(spec, "train", 0, train=True, batch_size=6))
+    prompts = {p.format(c) for c in classes for p in ("a video of {}", "{}")}
+    texts = seqio.SentencePieceVocabulary(vocabulary).decode_tf(batch["text"]).numpy()
+    assert {t.decode() for t in texts} <= prompts
+
+    def names(mixture):
+        return sorted(s.name for s, _ in registry.resolve(mixture))
+
+    assert names("z_kinetics400_labels") == ["kinetics400_cls", "kinetics400_label_text"]
+    assert "kinetics400_label_text_half_res" in names("z_downstream_multires")
+    with pytest.raises(ImpError, match="unknown mixture or task 'z_all'"):
+        registry.resolve("z_all")  # a zero-shot evaluation set stays out of pre-training
+
+
 def test_catalog_names_missing_paths(tmp_path):
     with pytest.raises(ImpError, match=r"data set 'msrvtt': no files match .*msrvtt/train-"):
         catalog.prepare_catalog(str(tmp_path), names=["msrvtt"], vocabulary="x.model")
@@ -244,7 +279,9 @@ def test_catalog_tfds_entry(tmp_path):
             overrides={"cifar100": {"num_examples": {"train": 8, "test": 8}}},
         )
         spec = registry.spec("cifar100_cls")
-        assert spec.num_classes == 100 and len(registered) == 3
+        assert (
+            spec.num_classes == 100 and len(registered) == 2
+        )  # base, double_res: no image DropToken
         batch = next(feeding.batches(spec, "train", 0, train=True, batch_size=4))
     assert batch["vision"].shape == (4, 1, 32, 32, 3) and batch["label"].shape == (4,)
 

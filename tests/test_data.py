@@ -170,13 +170,32 @@ def _vision_tokens(spec) -> int:
 
 def test_variants_keep_tokens_per_batch_equal(multires):
     """Seed 004: T_F = 4, so a base video batch has 4x the image tokens; every video variant
-    brings it back to the image base; the image variants keep it or quarter it."""
+    brings it back to the image base, which sits out the multi-resolution mixture; the image
+    variants keep it or quarter it."""
     image = _vision_tokens(multires["digit_images_cls"][0])
-    assert _vision_tokens(multires["digit_videos_cls"][0]) == 4 * image
+    assert _vision_tokens(registry.spec("digit_videos_cls")) == 4 * image
     for variant in ("half_res", "quarter_batch", "droptoken"):
         assert _vision_tokens(multires[f"digit_videos_cls_{variant}"][0]) == image
     assert _vision_tokens(multires["digit_images_cls_double_res"][0]) == image
     assert _vision_tokens(multires["digit_images_cls_droptoken"][0]) == image // 4
+    video = [spec for spec, _ in multires.values() if spec.frames > 1]
+    assert len(video) == 9 and all(_vision_tokens(spec) <= image for spec in video)
+
+
+def test_the_video_base_trains_among_the_variants_only_when_asked(tmp_path):
+    records = [dmvr.encode(_frames(8), labels=[i % 2]) for i in range(8)]
+    dataset = _dataset(
+        tmp_path, records, frames=8, height=16, width=16, multi_resolution=True, batch_size=8
+    )
+    for video_base, expected in ((False, [0.0, 8 / 3, 8 / 3, 8 / 3]), (True, [2.0] * 4)):
+        registered = datasets.register_dataset(dataclasses.replace(dataset, video_base=video_base))
+        assert [spec.variant for spec, _ in registered] == [
+            "base",
+            "half_res",
+            "quarter_batch",
+            "droptoken",
+        ]
+        assert [weight for _, weight in registered] == pytest.approx(expected)
 
 
 def test_every_variant_feeds_its_shapes(multires):
@@ -216,7 +235,7 @@ def test_standard_mixtures(multires):
     assert names("demo_video_text") == ["digit_videos_text"]
     assert names("demo_video_audio_text") == ["digit_videos_audio_text"]
     assert names("demo_classification") == ["digit_images_cls", "digit_videos_cls"]
-    assert len(names("demo_all")) == 5 and len(names("demo_all_multires")) == 18
+    assert len(names("demo_all")) == 5 and len(names("demo_all_multires")) == 15
 
 
 def test_hosts_read_disjoint_files_covering_the_data(tmp_path):

@@ -19,9 +19,11 @@ from imp.training import loop
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, world_dir):
     out = tmp_path_factory.mktemp("eval_run")
-    # Every task in every step: one graph to compile for all five.
+    # Every task in every step: one graph to compile for all five. Per-pair heads: a modality's
+    # embedding differs per target, so the evaluator must read the right direction.
     summed = ("train.evaluate_at_end = False", "Schedule.name = 'summed'")
-    loop.train(*configure_run(world_dir, out, 10, *summed, mixture="demo_all"))
+    heads = ("ImpModel.contrastive_head = 'mlp'", "ImpModel.temperature = 'per_pair'")
+    loop.train(*configure_run(world_dir, out, 10, *summed, *heads, mixture="demo_all"))
     return out
 
 
@@ -119,8 +121,8 @@ def test_eval_values_match_a_direct_computation(evaluated, run_dir):
 
     nce = specs["digit_images_text"]
     data = _held_out(nce, with_labels=True)
-    images = model.apply({"params": params}, {"vision": data["vision"]})["embedding/vision"]
-    prompts = model.apply({"params": params}, {"text": _prompt_ids(nce)})["embedding/text"]
+    images = model.apply({"params": params}, {"vision": data["vision"]})["embedding/vision/text"]
+    prompts = model.apply({"params": params}, {"text": _prompt_ids(nce)})["embedding/text/vision"]
     prompts = np.asarray(prompts).reshape(len(nce.class_prompts), -1, prompts.shape[-1])
     prompts = prompts / np.linalg.norm(prompts, axis=-1, keepdims=True)
     prototypes = prompts.mean(1)
@@ -136,11 +138,11 @@ def test_prompt_ensembling_averages_normalised_prompt_embeddings(run_dir):
 
     experiment, params = _restored(run_dir)
     spec = experiment.specs["digit_images_text"]
-    got = evaluator.class_embeddings(evaluator.Encoder(experiment, params), spec)
+    got = evaluator.class_embeddings(evaluator.Encoder(experiment, params), spec)["vision"]
     expected = []
     for row in _prompt_ids(spec).reshape(len(spec.class_prompts), -1, spec.text_length):
         out = experiment.model.apply({"params": params}, {"text": jax.numpy.asarray(row)})
-        embedded = np.asarray(out["embedding/text"])
+        embedded = np.asarray(out["embedding/text/vision"])
         mean = (embedded / np.linalg.norm(embedded, axis=1, keepdims=True)).mean(0)
         expected.append(mean / np.linalg.norm(mean))
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)

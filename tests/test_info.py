@@ -44,3 +44,24 @@ def test_multi_tower_has_one_encoder_per_modality():
     encoder = shared["components"]["encoder"]
     assert towers["total_parameters"] == shared["total_parameters"] + 3 * encoder
     assert towers["parameters_per_token"] == shared["parameters_per_token"]
+
+
+def test_paper_heads_temperatures_and_qk_layernorm_counts():
+    """Per-pair MLP heads (Dense + Dense + LayerNorm, with biases), one temperature per pair,
+    and qk-LayerNorm's two [head_dim] scales per layer; PPT counts the vision-to-text head."""
+    plain = model_info(ImpModel(**BASE))
+    paper = model_info(
+        ImpModel(**BASE, contrastive_head="mlp", temperature="per_pair", qk_layernorm=True)
+    )
+    head = (D * D + D) + (D * D + D) + 2 * D
+    heads = {k: v for k, v in paper["components"].items() if k.startswith("projections_")}
+    assert len(heads) == 12 and set(heads.values()) == {head}
+    temperatures = [k for k in paper["components"] if k.startswith("temperature_")]
+    assert len(temperatures) == 6
+    qk = L * 2 * (D // H)
+    assert paper["components"]["encoder"] == plain["components"]["encoder"] + qk
+    linear = plain["components"]["projections_vision"]
+    assert paper["parameters_per_token"] == plain["parameters_per_token"] - linear + head + qk
+    assert paper["total_parameters"] == (
+        plain["total_parameters"] - 4 * linear - 1 + 12 * head + 6 + qk
+    )

@@ -25,32 +25,32 @@ def _inspect(world_dir, capsys, *flags) -> str:
 
 def test_rows_per_variant_with_shapes_rates_and_tokens(world_dir, capsys):
     rows = {r["task"]: r for r in json.loads(_inspect(world_dir, capsys, "--json"))}
-    assert len(rows) == 18
+    assert len(rows) == 15
     assert sum(r["rate"] for r in rows.values()) == pytest.approx(1.0)
     # tiny.gin: 2x8x8 tubelets. A 8x32x32 clip is 4x4x4 = 64 tokens; half resolution 4x2x2;
-    # DropToken keeps 1/T_F = 1/4; a still fills one tubelet: 1x4x4.
-    video = {
-        v: rows[f"digit_videos_cls{v}"] for v in ("", "_half_res", "_quarter_batch", "_droptoken")
-    }
+    # DropToken keeps 1/T_F = 1/4; a still fills one tubelet: 1x4x4. The full-token video
+    # base (4x the image budget) sits out the multi-resolution mixture (seed 004).
+    assert "digit_videos_cls" not in rows
+    video = {v: rows[f"digit_videos_cls_{v}"] for v in ("half_res", "quarter_batch", "droptoken")}
     assert {v: r["tokens_per_example"] for v, r in video.items()} == {
-        "": 64,
-        "_half_res": 16,
-        "_quarter_batch": 64,
-        "_droptoken": 16,
+        "half_res": 16,
+        "quarter_batch": 64,
+        "droptoken": 16,
     }
-    assert {v: r["tokens_per_batch"] for v, r in video.items()} == {
-        "": 512,
-        "_half_res": 128,
-        "_quarter_batch": 128,
-        "_droptoken": 128,
-    }
+    image_budget = rows["digit_images_cls"]["tokens_per_batch"]
+    assert image_budget == 128
+    assert {v: r["tokens_per_batch"] for v, r in video.items()} == dict.fromkeys(video, 128)
+    assert all(
+        r["tokens_per_batch"] <= image_budget
+        for r in rows.values()
+        if r["task"].startswith("digit_videos_cls")
+    )
     assert rows["digit_images_cls"]["tokens_per_example"] == 16
     assert rows["digit_images_text"]["tokens_per_example"] == 16 + 24  # and 24 text tokens
-    assert video[""]["features"]["vision"] == [[8, 8, 32, 32, 3], "float32"]
-    assert video["_half_res"]["features"]["vision"] == [[8, 8, 16, 16, 3], "float32"]
-    assert video["_quarter_batch"]["features"]["label"] == [[2], "int32"]
-    # Variants of a task share its weight: the base and its three variants, a quarter each.
-    assert video[""]["rate"] == video["_droptoken"]["rate"]
+    assert video["half_res"]["features"]["vision"] == [[8, 8, 16, 16, 3], "float32"]
+    assert video["quarter_batch"]["features"]["label"] == [[2], "int32"]
+    # Variants of a task share its weight: three video variants, a third each.
+    assert video["half_res"]["rate"] == video["droptoken"]["rate"]
 
 
 def test_show_decodes_captions_and_labels(world_dir, capsys):

@@ -1,4 +1,5 @@
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,9 @@ import pytest
 
 from imp.modeling.embedders import FactorisedPositions, VisionEmbedder, drop_tokens
 from imp.modeling.encoder import Encoder
-from imp.modeling.model import ImpModel, init_variables
+from imp.modeling.heads import MlpProjection
+from imp.modeling.layers import SelfAttention
+from imp.modeling.model import MODALITIES, ImpModel, init_variables
 from imp.modeling.moe import MoeConfig
 
 SMALL = dict(d_model=16, num_layers=3, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
@@ -101,8 +104,8 @@ def test_text_padding_does_not_change_real_tokens():
     a = model.apply(params, "text", short, method=ImpModel.encode)[0][:, :3]
     b = model.apply(params, "text", padded, method=ImpModel.encode)[0][:, :3]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    ea = model.apply(params, {"text": short})["embedding/text"]
-    eb = model.apply(params, {"text": padded})["embedding/text"]
+    ea = model.apply(params, {"text": short})["embedding/text/vision"]
+    eb = model.apply(params, {"text": padded})["embedding/text/vision"]
     np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
 
 
@@ -154,8 +157,148 @@ def test_spectrogram_patches_and_positions():
     model = ImpModel(**SMALL, spectrogram_patch=(4, 4), spectrogram_max_grid=(8, 4))
     params = _initialised(model)
     out = model.apply(params, {"spectrogram": jnp.ones((3, 16, 8))})
-    assert out["embedding/spectrogram"].shape == (3, 8)
+    assert out["embedding/spectrogram/text"].shape == (3, 8)
     tokens, mask, _ = model.apply(
         params, "spectrogram", jnp.ones((3, 16, 8)), method=ImpModel.encode
     )
     assert tokens.shape == (3, 8, 16) and mask.all()  # (16 / 4) x (8 / 4) patches
+
+
+def _layer_norm(x, scale, bias=0.0, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def _attention_reference(p, x, mask, num_heads, qk_layernorm):
+    """Naive multi-head attention, head by head, in float64."""
+    x, mask = np.asarray(x, np.float64), np.asarray(mask)
+    batch, length, d_model = x.shape
+    head_dim = d_model // num_heads
+    out = np.zeros((batch, length, d_model))
+    for b in range(batch):
+        for h in range(num_heads):
+            q, k, v = (x[b] @ p["qkv_kernel"][:, t, h] + p["qkv_bias"][t, h] for t in range(3))
+            if qk_layernorm:
+                q = _layer_norm(q, p["q_norm"]["scale"])
+                k = _layer_norm(k, p["k_norm"]["scale"])
+            logits = q @ k.T / math.sqrt(head_dim)
+            logits[:, ~mask[b]] = -np.inf
+            weights = np.exp(logits - logits.max(-1, keepdims=True))
+            weights /= weights.sum(-1, keepdims=True)
+            out[b] += weights @ v @ p["out_kernel"][h]
+    return out + p["out_bias"]
+
+
+def _randomised(params, seed):
+    """Every leaf replaced by normal noise: ones, zeros and shared values hide mistakes."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        tree, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    )
+
+
+@pytest.mark.parametrize("qk_layernorm", [False, True])
+def test_attention_matches_a_naive_reference(qk_layernorm):
+    """qk-LayerNorm: q and k LayerNormed over the head dimension, per head, with one learned
+    scale of [head_dim] (no bias) shared by the heads, before the 1/sqrt(head_dim) scaling."""
+    x = jax.random.normal(jax.random.key(4), (2, 5, 12))
+    mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    attention = SelfAttention(3, qk_layernorm)
+    params = _randomised(_init(attention, x, mask)["params"], seed=5)
+    if qk_layernorm:
+        assert params["q_norm"]["scale"].shape == params["k_norm"]["scale"].shape == (4,)
+    else:
+        assert "q_norm" not in params and "k_norm" not in params
+    got = attention.apply({"params": params}, x, mask)
+    expected = _attention_reference(jax.tree.map(np.asarray, params), x, mask, 3, qk_layernorm)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_qk_layernorm_reaches_every_encoder_layer():
+    model = ImpModel(**SMALL, qk_layernorm=True, num_experts=4, moe_every=3)
+    attention = _initialised(model)["params"]["encoder"]["segment_0"]
+    for block in ("dense_0", "dense_1", "moe_2"):
+        assert attention[block]["attention"]["q_norm"]["scale"].shape == (1, 8)  # [layers, kv]
+
+
+def test_mlp_head_is_dense_gelu_dense_layernorm_then_normalised():
+    pooled = jax.random.normal(jax.random.key(6), (3, 16))
+    head = MlpProjection(hidden_dim=10, embed_dim=6)
+    p = jax.tree.map(np.asarray, _randomised(_init(head, pooled)["params"], seed=7))
+    got = head.apply({"params": p}, pooled)
+    x = np.asarray(pooled, np.float64)
+    h = x @ p["hidden"]["kernel"] + p["hidden"]["bias"]
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))  # exact GELU
+    z = h @ p["out"]["kernel"] + p["out"]["bias"]
+    z = _layer_norm(z, p["norm"]["scale"], p["norm"]["bias"])
+    expected = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    assert got.shape == (3, 6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_heads_one_per_source_and_target():
+    model = ImpModel(**SMALL, contrastive_head="mlp")
+    params = _initialised(model)["params"]
+    heads = {k for k in params if k.startswith("projections_")}
+    pairs = [(s, t) for s in MODALITIES for t in MODALITIES if s != t]
+    assert heads == {f"projections_{s}_to_{t}" for s, t in pairs}  # 4 x 3 heads
+    inputs = {"vision": jax.random.normal(jax.random.key(8), (2, 2, 32, 32, 3))}
+    out = model.apply({"params": params}, inputs)
+    assert {k for k in out if k.startswith("embedding/")} == {
+        "embedding/vision/waveform",
+        "embedding/vision/spectrogram",
+        "embedding/vision/text",
+    }
+    for target in ("waveform", "text"):
+        head = MlpProjection(8, 8)
+        expected = head.apply(
+            {"params": params[f"projections_vision_to_{target}"]}, out["pooled/vision"]
+        )
+        np.testing.assert_allclose(out[f"embedding/vision/{target}"], expected, rtol=1e-6)
+    assert not np.allclose(out["embedding/vision/waveform"], out["embedding/vision/text"])
+
+
+def test_linear_head_serves_every_target():
+    model = ImpModel(**SMALL)
+    params = _initialised(model)
+    out = model.apply(params, {"text": jnp.array([[3, 4, 5, 0]])})
+    for target in ("vision", "waveform"):
+        np.testing.assert_array_equal(out[f"embedding/text/{target}"], out["embedding/text/vision"])
+
+
+def test_per_pair_temperatures_divide_similarities_unclipped():
+    """`logit_scale/a/b` = 1 / (relu(T_ab) + 1e-6), one raw T per unordered pair."""
+    model = ImpModel(**SMALL, temperature="per_pair", temperature_init=0.25)
+    params = _initialised(model)["params"]
+    pairs = [(a, b) for a in sorted(MODALITIES) for b in sorted(MODALITIES) if a < b]
+    assert {k for k in params if k.startswith("temperature_")} == {
+        f"temperature_{a}_{b}" for a, b in pairs
+    }
+    assert "logit_scale" not in params
+    scales = model.apply({"params": params}, method=ImpModel.logit_scales)
+    assert set(scales) == {f"logit_scale/{a}/{b}" for a, b in pairs}
+    np.testing.assert_allclose(scales["logit_scale/text/vision"], 4.0, rtol=1e-5)
+    params = {**params, "temperature_text_vision": 0.05, "temperature_vision_waveform": -3.0}
+    scales = model.apply({"params": params}, method=ImpModel.logit_scales)
+    np.testing.assert_allclose(scales["logit_scale/text/vision"], 1 / (0.05 + 1e-6), rtol=1e-5)
+    np.testing.assert_allclose(scales["logit_scale/vision/waveform"], 1e6, rtol=1e-5)
+    np.testing.assert_allclose(scales["logit_scale/text/waveform"], 4.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("contrastive_head", "mpl", "did you mean mlp"),
+        ("temperature", "per-pair", "did you mean per_pair"),
+        ("temperature_init", 0.0, "ImpModel.temperature_init = 0.0"),
+        ("qk_layernorm", 1, "ImpModel.qk_layernorm = 1: expected True or False"),
+    ],
+)
+def test_check_config_names_a_bad_head_or_temperature(field, value, message):
+    from imp.errors import ImpError
+    from imp.modeling.model import check_config
+
+    with pytest.raises(ImpError, match=message):
+        check_config(ImpModel(**SMALL, **{field: value}))

@@ -119,3 +119,18 @@ def test_expert_weights_carry_the_expert_axis():
     specs = nn.get_partition_spec(layer.init(jax.random.key(0), x, jnp.ones((1, 4), bool)))
     assert specs["params"]["wi"] == jax.sharding.PartitionSpec("expert", "embed", "mlp")
     assert specs["params"]["wo"] == jax.sharding.PartitionSpec("expert", "mlp", "embed")
+
+
+def test_the_router_runs_in_float32_under_bfloat16_compute():
+    """IMP's reference code routes in float32; the experts and the output keep bfloat16."""
+    layer = moe.MoeMlp(moe.MoeConfig(num_experts=4), mlp_dim=16)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8))
+    mask = jnp.ones((2, 8), bool)
+    params = nn.unbox(layer.init(jax.random.key(1), x, mask))
+    bf16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    jaxpr = str(jax.make_jaxpr(lambda p, v: layer.apply(p, v, mask))(bf16, x.astype(jnp.bfloat16)))
+    # The logits: one group of 16 tokens x 4 experts.
+    logits = [line for line in jaxpr.splitlines() if "[1,16,4] = dot_general" in line]
+    assert len(logits) == 1 and ":f32[1,16,4]" in logits[0], logits
+    y, _ = layer.apply(bf16, x.astype(jnp.bfloat16), mask)
+    assert y.dtype == jnp.bfloat16

@@ -42,17 +42,27 @@ def test_pairwise_nce_matches_naive_loop():
     np.testing.assert_allclose(loss, _nce_reference(a, b, 3.0), rtol=1e-5)
 
 
-def test_nce_averages_all_modality_pairs():
+def _pairs(names):
+    return [(x, y) for x in sorted(names) for y in sorted(names) if x < y]
+
+
+def test_nce_averages_all_modality_pairs_each_at_its_own_temperature():
+    """Each direction has its own embedding (per-pair heads), each pair its own scale."""
     rng = np.random.default_rng(2)
-    e = {m: _normalised(rng, (5, 3)) for m in ("vision", "waveform", "text")}
-    pairs = [("text", "vision"), ("text", "waveform"), ("vision", "waveform")]
-    expected = np.mean([_nce_reference(e[x], e[y], 10.0) for x, y in pairs])
-    loss, metrics = objectives.nce(e, 10.0)
+    names = ("vision", "waveform", "text")
+    e = {(s, t): _normalised(rng, (5, 3)) for s in names for t in names if s != t}
+    scales = {("text", "vision"): 2.0, ("text", "waveform"): 5.0, ("vision", "waveform"): 0.5}
+    assert sorted(scales) == _pairs(names)
+    expected = np.mean([_nce_reference(e[x, y], e[y, x], scales[x, y]) for x, y in scales])
+    loss, metrics = objectives.nce(e, scales)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    assert set(metrics) == {f"accuracy/{x}_{y}" for x, y in pairs}
+    assert set(metrics) == {f"{k}/{x}_{y}" for x, y in scales for k in ("accuracy", "temperature")}
+    for x, y in scales:
+        np.testing.assert_allclose(metrics[f"temperature/{x}_{y}"], 1 / scales[x, y], rtol=1e-6)
 
 
 def test_nce_of_perfectly_aligned_pairs_is_near_zero():
     a = np.eye(4)
-    loss, metrics = objectives.nce({"vision": a, "text": a}, 100.0)
+    embeddings = {("text", "vision"): a, ("vision", "text"): a}
+    loss, metrics = objectives.nce(embeddings, {("text", "vision"): 100.0})
     assert loss < 1e-6 and metrics["accuracy/text_vision"] == 1.0

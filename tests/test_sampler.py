@@ -1,11 +1,13 @@
 """Every schedule's task counts match its definition: exactly for the deterministic ones, by a
 chi-square test at p = 0.001 for the random ones."""
 
+import json
+
 import numpy as np
 import pytest
 
 from imp.errors import ImpError
-from imp.training.samplers import Sampler
+from imp.training.samplers import Sampler, Schedule
 
 NAMES = ["a", "b", "c", "d"]
 RATES = [2876, 2876, 1438, 500]
@@ -70,15 +72,6 @@ def test_loss_aware_leans_to_slow_tasks_without_starving_any():
     assert _chi2(_counts(sampler), p) < CHI2_3DOF
 
 
-def test_restored_state_continues_the_same_sequence():
-    a = Sampler("loss_aware", ["x", "y", "z"], [1, 2, 3], 1000, seed=7)
-    for step in range(50):
-        a.observe(a.next(step)[0], 1.0 / (step + 1))
-    b = Sampler("loss_aware", ["x", "y", "z"], [1, 2, 3], 1000, seed=99)
-    b.restore(a.state())
-    assert [a.next(s) for s in range(100)] == [b.next(s) for s in range(100)]
-
-
 @pytest.mark.parametrize("rates", [[1, 0], [1, -1], [1]])
 def test_rejects_non_positive_or_missing_rates(rates):
     with pytest.raises(ImpError, match="positive rate per task"):
@@ -90,3 +83,57 @@ def test_unknown_schedule_and_missing_weights():
         Sampler("round_robbin", NAMES, RATES, 10)
     with pytest.raises(ImpError, match=r"Schedule.weights for \['c', 'd'\]"):
         Sampler("weighted", NAMES, RATES, 10, weights={"a": 1, "b": 1})
+
+
+def test_interval_visits_in_order_and_trains_every_kth_visit():
+    # Visits a b c | a b c | ...: b trains on its visits 0, 2, 4, c on 0, 3; a skipped visit
+    # is no step. Rounds: abc | a | ab | ac | ab.
+    sampler = Sampler("interval", ["a", "b", "c"], [1, 1, 1], 10, intervals={"b": 2, "c": 3})
+    expected = ["a", "b", "c", "a", "a", "b", "a", "c", "a", "b"]
+    assert [sampler.next(s)[0] for s in range(10)] == expected
+
+
+def test_interval_of_one_everywhere_is_round_robin():
+    interval = Sampler("interval", NAMES, RATES, 10)
+    round_robin = Sampler("round_robin", NAMES, RATES, 10)
+    assert [interval.next(s) for s in range(10)] == [round_robin.next(s) for s in range(10)]
+
+
+@pytest.mark.parametrize("schedule", ["interval", "loss_aware"])
+def test_restored_state_continues_the_same_sequence(schedule):
+    intervals = {"x": 2, "z": 3} if schedule == "interval" else None
+
+    def sampler(seed):
+        return Sampler(schedule, ["x", "y", "z"], [1, 2, 3], 1000, seed=seed, intervals=intervals)
+
+    def steps(sampler, start, stop):
+        tasks = []
+        for step in range(start, stop):
+            tasks.append(sampler.next(step))
+            sampler.observe(tasks[-1][0], 1.0 / (step + 1))
+        return tasks
+
+    straight = steps(sampler(7), 0, 150)
+    first = sampler(7)
+    assert steps(first, 0, 50) == straight[:50]
+    resumed = sampler(99)
+    resumed.restore(json.loads(json.dumps(first.state())))  # as a checkpoint stores it
+    assert steps(resumed, 50, 150) == straight[50:]
+
+
+@pytest.mark.parametrize(
+    "schedule, intervals, message",
+    [
+        ("interval", {"e": 2}, r"Schedule.intervals names 'e', which is not trained"),
+        ("interval", {"a": 0}, r"Schedule.intervals\['a'\] = 0: expected an integer >= 1"),
+        ("round_robin", {"a": 2}, r"read by Schedule.name = 'interval' only, not 'round_robin'"),
+    ],
+)
+def test_interval_rejects_bad_intervals(schedule, intervals, message):
+    with pytest.raises(ImpError, match=message):
+        Sampler(schedule, NAMES, RATES, 10, intervals=intervals)
+
+
+def test_schedule_checks_intervals_before_any_task_is_known():
+    with pytest.raises(ImpError, match=r"Schedule.intervals\['a'\] = 0: expected a number >= 1"):
+        Schedule(name="interval", intervals={"a": 0})

@@ -86,6 +86,69 @@ def test_other_heads_and_their_adam_state(freeze):
     )
 
 
+TASK_VT = TaskSpec("vt", "vt", "nce", ("vision", "text"), 10, 4, text_length=4, vocab_size=20)
+TASK_VW = TaskSpec("vw", "vw", "nce", ("vision", "waveform"), 10, 4, num_samples=256)
+# (head and temperature options, what a vision-text step must move, what it must not touch)
+CONTRASTIVE = {
+    "linear_clip": (
+        dict(contrastive_head="linear", temperature="clip"),
+        ("projections_vision", "projections_text", "logit_scale"),
+        ("projections_waveform", "embedders_waveform"),
+    ),
+    "mlp_per_pair": (
+        dict(contrastive_head="mlp", temperature="per_pair"),
+        ("projections_vision_to_text", "projections_text_to_vision", "temperature_text_vision"),
+        (
+            "projections_vision_to_waveform",
+            "projections_waveform_to_vision",
+            "temperature_vision_waveform",
+            "projections_text_to_waveform",
+            "embedders_waveform",
+        ),
+    ),
+}
+
+
+def _contrastive_batch(seed, task):
+    rng = np.random.default_rng(seed)
+    batch = {"vision": jnp.asarray(rng.normal(size=(4, 1, 8, 8, 3)), jnp.float32)}
+    if "text" in task.modalities:
+        batch["text"] = jnp.asarray(rng.integers(1, 20, size=(4, 4)), jnp.int32)
+    if "waveform" in task.modalities:
+        batch["waveform"] = jnp.asarray(rng.normal(size=(4, 256)), jnp.float32)
+    return batch
+
+
+@pytest.mark.parametrize("name", sorted(CONTRASTIVE))
+def test_a_contrastive_step_moves_only_its_pair_heads_and_temperature(name):
+    """A vision-waveform step gives the vision-waveform heads and temperature Adam momentum;
+    the next step, vision-text, leaves them and their momentum bit-identical."""
+    options, moved, kept = CONTRASTIVE[name]
+    model = MODEL.clone(**options)
+    tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
+    params = jax.jit(lambda key: nn.unbox(init_variables(model, key))["params"])(jax.random.key(0))
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    step_vw = jax.jit(make_train_step(model, tx, schedule, [TASK_VW], LOSS))
+    step_vt = jax.jit(make_train_step(model, tx, schedule, [TASK_VT], LOSS))
+    state, _ = step_vw(state, {"vw": _contrastive_batch(0, TASK_VW)}, jax.random.key(0))
+    before = jax.tree.map(np.asarray, state)
+    state, metrics = step_vt(state, {"vt": _contrastive_batch(1, TASK_VT)}, jax.random.key(1))
+    after = jax.tree.map(np.asarray, state)
+
+    def same(tree_a, tree_b):
+        pairs = zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True)
+        return all(np.array_equal(x, y) for x, y in pairs)
+
+    mu = lambda s: s["opt_state"][1][0].mu  # noqa: E731
+    assert set(moved) | set(kept) <= set(after["params"])
+    for key in kept:
+        assert same(before["params"][key], after["params"][key]), key
+        assert same(mu(before)[key], mu(after)[key]), key
+    for key in moved:
+        assert not same(before["params"][key], after["params"][key]), key
+    assert set(k for k in metrics if k.startswith("temperature/")) == {"temperature/text_vision"}
+
+
 @functools.cache
 def _params():
     """The model's initial parameters (one compiled init for every test)."""

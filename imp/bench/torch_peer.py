@@ -114,6 +114,7 @@ def _encode(cfg: Config, p: dict, x, mask):
 
 
 def _embed_vision(cfg: Config, p: dict, video):
+    import torch
     import torch.nn.functional as F
 
     b, t, hh, ww, c = video.shape
@@ -121,7 +122,12 @@ def _embed_vision(cfg: Config, p: dict, video):
     gt, gh, gw = t // pt, hh // ph, ww // pw
     patches = video.reshape(b, gt, pt, gh, ph, gw, pw, c).permute(0, 1, 3, 5, 2, 4, 6, 7)
     tokens = F.linear(patches.reshape(b, gt * gh * gw, -1), p["tubelet_w"], p["tubelet_b"])
-    pos = p["pos_0"][:gt, None, None] + p["pos_1"][None, :gh, None] + p["pos_2"][None, None, :gw]
+    # Table rows at normalised coordinates: floor(i / n * size), as `embedders.position_buckets`.
+    t_rows, h_rows, w_rows = (
+        torch.arange(n) * size // n for n, size in zip((gt, gh, gw), cfg.max_grid, strict=True)
+    )
+    pos = p["pos_0"][t_rows, None, None] + p["pos_1"][None, h_rows, None]
+    pos = pos + p["pos_2"][None, None, w_rows]
     return tokens + pos.reshape(gt * gh * gw, -1)
 
 

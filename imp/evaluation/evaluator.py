@@ -75,7 +75,7 @@ def metric_names(spec: TaskSpec, evaluations) -> list[str]:
         names += [f"top{k}" for k in ks]
     if "zero_shot" in evaluations and spec.class_prompts and spec.class_names:
         names += [f"zero_shot_top{k}/{m}" for m in _sources(spec) for k in ks]
-    if "retrieval" in evaluations and "text" in spec.modalities:
+    if "retrieval" in evaluations and spec.has_captions:
         for m in _sources(spec):
             for direction in (f"text_to_{m}", f"{m}_to_text"):
                 names += [
@@ -170,9 +170,10 @@ def _gather(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def class_embeddings(encoder: Encoder, spec: TaskSpec) -> np.ndarray:
-    """`[classes, embed_dim]`: each class's prompts embedded, averaged, re-normalised (CLIP's
-    prompt ensembling). Each process embeds its share of the prompts."""
+def class_embeddings(encoder: Encoder, spec: TaskSpec) -> dict[str, np.ndarray]:
+    """Per non-text input m of the task, `[classes, embed_dim]`: each class's prompts embedded
+    for comparison with m, averaged, re-normalised (CLIP's prompt ensembling). Each process
+    embeds its share of the prompts."""
     vocabulary = seqio.get_mixture_or_task(spec.name).output_features["text"].vocabulary
     prompts = [p for per_class in spec.class_prompts for p in per_class]
     ids = np.zeros((len(prompts), spec.text_length), np.int32)
@@ -181,21 +182,26 @@ def class_embeddings(encoder: Encoder, spec: TaskSpec) -> np.ndarray:
         ids[row, : len(tokens)] = tokens
     share = -(-len(ids) // jax.process_count())
     mine = ids[jax.process_index() * share : (jax.process_index() + 1) * share]
-    text = _gather(encoder({"text": mine}))["embedding/text"]
-    per_class = text.reshape(len(spec.class_prompts), -1, text.shape[-1]).mean(1)
-    return metrics.normalise(per_class)
+    embedded = _gather(encoder({"text": mine}))
+    prototypes = {}
+    for m in _sources(spec):
+        text = embedded[f"embedding/text/{m}"]
+        per_class = text.reshape(len(spec.class_prompts), -1, text.shape[-1]).mean(1)
+        prototypes[m] = metrics.normalise(per_class)
+    return prototypes
 
 
 def encode_split(
     encoder: Encoder, spec: TaskSpec, split: str, max_examples: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Embeddings (`embedding/m`), pooled features (`pooled/m`) and classifier logits of every
-    example of `split` (of every process), averaged over clips; plus `label`, and captions
-    embedded (`caption_embedding` `[N, K, D]` with their tokens `caption_tokens`)."""
+    """Embeddings (`embedding/m/target`), pooled features (`pooled/m`) and classifier logits of
+    every example of `split` (of every process), averaged over clips; plus `label`, and
+    captions embedded for comparison with each non-text input m (`caption_embedding/m`
+    `[N, K, D]`) with their tokens `caption_tokens`."""
     options = dict(
         batch_size=encoder.batch_size,
         with_labels=bool(spec.class_names),
-        with_captions="text" in spec.modalities,
+        with_captions=spec.has_captions,
     )
     stream = feeding.batches(spec, split, 0, train=False, **options)
     limit = None if max_examples is None else -(-max_examples // jax.process_count())
@@ -256,8 +262,10 @@ def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
     if "captions" in batch:
         captions = batch["captions"]  # [batch, K, L]; the batch may be empty
         _, k, length = captions.shape
-        embedded = encoder({"text": captions.reshape(n * k, length)})["embedding/text"]
-        out["caption_embedding"] = embedded.reshape(n, k, embedded.shape[-1])
+        embedded = encoder({"text": captions.reshape(n * k, length)})
+        for m in _sources(spec):
+            text = embedded[f"embedding/text/{m}"]
+            out[f"caption_embedding/{m}"] = text.reshape(n, k, text.shape[-1])
         out["caption_tokens"] = captions
     return out
 
@@ -293,15 +301,15 @@ def _metrics(encoder: Encoder, spec: TaskSpec, data: dict, evaluations) -> dict[
                 "value": value,
                 "chance": min(int(name[3:]), num_classes) / num_classes,
             }
-    sources = [m for m in _sources(spec) if f"embedding/{m}" in data]
+    sources = [m for m in _sources(spec) if f"embedding/{m}/text" in data]
     if "zero_shot" in evaluations and spec.class_prompts and labelled and sources:
         prototypes = class_embeddings(encoder, spec)
         for m in sources:
-            scores = data[f"embedding/{m}"] @ prototypes.T
+            scores = data[f"embedding/{m}/text"] @ prototypes[m].T
             for name, value in metrics.topk_accuracy(scores, data["label"]).items():
                 chance = min(int(name[3:]), num_classes) / num_classes
                 results[f"zero_shot_{name}/{m}"] = {"value": value, "chance": chance}
-    if "retrieval" in evaluations and "caption_embedding" in data and sources:
+    if "retrieval" in evaluations and "caption_tokens" in data and sources:
         results.update(_retrieval(data, sources))
     if "linear_probe" in evaluations and labelled and spec.objective != "bce":
         results.update(_probe(encoder, spec, data))
@@ -310,11 +318,11 @@ def _metrics(encoder: Encoder, spec: TaskSpec, data: dict, evaluations) -> dict[
 
 def _retrieval(data: dict, sources: list[str]) -> dict[str, dict]:
     texts, text_to_item = metrics.distinct_captions(data["caption_tokens"])
-    embedded = data["caption_embedding"]
-    captions = embedded.reshape(-1, embedded.shape[-1])[texts]
     out = {}
     for m in sources:
-        items = data[f"embedding/{m}"]
+        embedded = data[f"caption_embedding/{m}"]
+        captions = embedded.reshape(-1, embedded.shape[-1])[texts]
+        items = data[f"embedding/{m}/text"]
         for direction, (queries, gallery, positive) in {
             f"text_to_{m}": (captions, items, text_to_item),
             f"{m}_to_text": (items, captions, text_to_item.T),

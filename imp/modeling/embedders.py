@@ -1,8 +1,13 @@
 """Modality embedders: raw inputs -> tokens `[batch, length, d_model]` with positions added.
 
-Position embeddings are factorised tables looked up by each token's coordinates (seed 004
-§3.4 multi-resolution training): the same weights serve any resolution or frame count up to
-the table sizes, and DropToken keeps the positions of the tokens it keeps.
+Position embeddings are factorised: one learned table per axis, summed (seed 004 §3.4
+multi-resolution training). Vision, spectrogram and waveform patches read the tables at
+their normalised coordinates, as IMP's reference code does: patch `i` of `n` along an axis
+sits at `i / n` in [0, 1) and reads bucket `floor(i / n * size)` of that axis's `size`-row
+table. A half-resolution clip's patch `i` therefore reads the bucket of the full-resolution
+patch `2i`, the corner of the field of view it covers: every resolution variant, and any
+evaluation resolution, sees the same positions for the same place. Text positions are the
+token indices. DropToken keeps the positions of the tokens it keeps.
 """
 
 import flax.linen as nn
@@ -23,8 +28,8 @@ def patch_grid(
     given: tuple[int, ...] | None = None,
 ) -> tuple[int, ...]:
     """Patches along each axis of `shape`, checked: every axis divisible by its patch size and
-    the grid within the position tables `max_grid` (a larger grid would index past them, and a
-    lookup past a table reads NaN). `names`: the input, its patch field, its table field;
+    the grid within the position tables `max_grid` (a larger grid would make neighbouring
+    patches share a position bucket). `names`: the input, its patch field, its table field;
     `given`: the input's shape as the user gave it, when `shape` is derived from it."""
     what, patch_field, table_field = names
     sizes = "x".join(map(str, given or shape))
@@ -100,9 +105,7 @@ class VisionEmbedder(nn.Module):
         tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="tubelet")(
             patches
         )
-        coords = jnp.stack(
-            jnp.meshgrid(jnp.arange(gt), jnp.arange(gh), jnp.arange(gw), indexing="ij"), -1
-        ).reshape(-1, 3)  # [length, 3]
+        coords = grid_buckets((gt, gh, gw), self.max_grid)  # [length, 3]
         tokens = tokens + FactorisedPositions(self.d_model, self.max_grid, name="pos")(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
@@ -122,7 +125,7 @@ class WaveformEmbedder(nn.Module):
         tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="patch")(
             patches
         )
-        coords = jnp.arange(n)[:, None]
+        coords = grid_buckets((n,), (self.max_length,))
         tokens = tokens + FactorisedPositions(self.d_model, (self.max_length,), name="pos")(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
@@ -145,8 +148,7 @@ class SpectrogramEmbedder(nn.Module):
         tokens = nn.Dense(self.d_model, kernel_init=dense_init((None, "embed")), name="patch")(
             patches
         )
-        coords = jnp.stack(jnp.meshgrid(jnp.arange(gt), jnp.arange(gf), indexing="ij"), -1)
-        coords = coords.reshape(-1, 2)
+        coords = grid_buckets((gt, gf), self.max_grid)
         tokens = tokens + FactorisedPositions(self.d_model, self.max_grid, name="pos")(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
@@ -169,8 +171,20 @@ class TextEmbedder(nn.Module):
         return tokens, text != 0
 
 
+def position_buckets(n: int, size: int) -> jax.Array:
+    """Table rows of `n` patches along an axis of a `size`-row table: `floor(i / n * size)`
+    for patch `i` (integer arithmetic: exact at any size)."""
+    return (jnp.arange(n) * size) // n
+
+
+def grid_buckets(grid: tuple[int, ...], sizes: tuple[int, ...]) -> jax.Array:
+    """`[prod(grid), axes]` table rows of every patch of `grid`, in row-major patch order."""
+    axes = [position_buckets(n, size) for n, size in zip(grid, sizes, strict=True)]
+    return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(grid))
+
+
 class FactorisedPositions(nn.Module):
-    """Sum of one learned table per axis, looked up by integer coordinates `[length, axes]`."""
+    """Sum of one learned table per axis, looked up by table rows `[length, axes]`."""
 
     d_model: int
     sizes: tuple[int, ...]

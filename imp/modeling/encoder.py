@@ -44,11 +44,12 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     moe: MoeConfig | None = None
+    qk_layernorm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
         x = constrain(x, ("batch", "length", "embed"))
-        attention = SelfAttention(self.num_heads, name="attention")
+        attention = SelfAttention(self.num_heads, self.qk_layernorm, name="attention")
         x = x + attention(LayerNorm(name="ln_attention")(x), mask)
         h = LayerNorm(name="ln_mlp")(x)
         if self.moe is None:
@@ -64,13 +65,17 @@ class BlockGroup(nn.Module):
     num_heads: int
     mlp_dim: int
     moe: MoeConfig | None = None
+    qk_layernorm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[dict]]:
         stats = []
         for i, kind in enumerate(self.pattern):
             moe = self.moe if kind == "moe" else None
-            x, s = EncoderBlock(self.num_heads, self.mlp_dim, moe, name=f"{kind}_{i}")(x, mask)
+            block = EncoderBlock(
+                self.num_heads, self.mlp_dim, moe, self.qk_layernorm, name=f"{kind}_{i}"
+            )
+            x, s = block(x, mask)
             if s:
                 stats.append(s)
         return x, stats  # (carry, per-layer output) as nn.scan expects
@@ -88,6 +93,7 @@ class Encoder(nn.Module):
     moe: MoeConfig | None = None
     moe_every: int = 0
     moe_last: int = 0
+    qk_layernorm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
@@ -100,7 +106,7 @@ class Encoder(nn.Module):
         moe_every, moe_last = (self.moe_every, self.moe_last) if self.moe else (0, 0)
         layer_stats = []
         for j, (pattern, repeats) in enumerate(layer_plan(self.num_layers, moe_every, moe_last)):
-            args = (pattern, self.num_heads, self.mlp_dim, self.moe)
+            args = (pattern, self.num_heads, self.mlp_dim, self.moe, self.qk_layernorm)
             if self.scan_layers:
                 stack = nn.scan(
                     group,

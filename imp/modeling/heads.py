@@ -1,4 +1,5 @@
-"""Task heads on pooled encoder tokens: per-dataset classifiers and per-modality projections."""
+"""Task heads on pooled encoder tokens: per-dataset classifiers and the contrastive heads
+that project a modality into a common space (linear, CLIP's; or an MLP, IMP's)."""
 
 import flax.linen as nn
 import jax
@@ -31,6 +32,10 @@ class ClassifierHead(nn.Module):
         )(pooled)
 
 
+def l2_normalise(z: jax.Array) -> jax.Array:
+    return z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
+
+
 class Projection(nn.Module):
     """CLIP-style projection into the common space, L2-normalised: `[batch, embed_dim]`."""
 
@@ -41,4 +46,36 @@ class Projection(nn.Module):
         z = nn.Dense(self.embed_dim, use_bias=False, kernel_init=dense_init(("embed", None)))(
             pooled
         )
-        return z / jnp.linalg.norm(z, axis=-1, keepdims=True).clip(1e-6)
+        return l2_normalise(z)
+
+
+class MlpProjection(nn.Module):
+    """IMP's feed-forward contrastive head (seed 004 §3.3: "separate feedforward heads for
+    each modality-to-common-space projection"): Dense -> GELU -> Dense -> LayerNorm, then
+    L2-normalised: `[batch, embed]` -> `[batch, embed_dim]`. The reference code keeps one per
+    (source, target) modality pair, hidden width = common width."""
+
+    hidden_dim: int
+    embed_dim: int
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        h = nn.Dense(
+            self.hidden_dim,
+            kernel_init=dense_init(("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+            name="hidden",
+        )(pooled)
+        h = nn.gelu(h, approximate=False)
+        z = nn.Dense(
+            self.embed_dim,
+            kernel_init=dense_init(("mlp", None)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+            name="out",
+        )(h)
+        z = nn.LayerNorm(
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones, (None,)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+            name="norm",
+        )(z)
+        return l2_normalise(z)

@@ -4,8 +4,8 @@ allocated, so IMP-MoE-L is as quick as tiny).
 
 Parameters per token (PPT, seed 004 Table 1) count what one vision token passes through: its
 embedder (tubelet projection and position tables), the encoder with one expert per MoE layer,
-and one projection. Lookup tables of other modalities (e.g. the text vocabulary) and the
-classifier heads are not on that path.
+and one contrastive head (vision to text). Lookup tables of other modalities (e.g. the text
+vocabulary), the other contrastive heads and the classifier heads are not on that path.
 """
 
 import flax.linen as nn
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imp.modeling.model import ImpModel, init_variables
+from imp.modeling.model import ImpModel, head_key, init_variables
 
 # FLOPs are measured on one clip of 4 x 16 x 16 tubelets: the paper's 16x256x256 video.
 _REFERENCE_GRID = (4, 16, 16)
@@ -44,7 +44,7 @@ def model_info(model: ImpModel) -> dict:
         + _count(encoder)
         - experts
         + one_expert
-        + components["projections_vision"]
+        + components[f"projections_{head_key(model.contrastive_head, 'vision', 'text')}"]
     )
     return {
         "total_parameters": sum(components.values()),
@@ -61,6 +61,11 @@ def model_info(model: ImpModel) -> dict:
                 "num_experts",
                 "moe_every",
                 "towers",
+                "qk_layernorm",
+                "embed_dim",
+                "contrastive_head",
+                "temperature",
+                "temperature_init",
             )
         },
     }

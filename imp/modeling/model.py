@@ -1,11 +1,13 @@
 """The IMP model: modality embedders -> one shared encoder -> task heads (seed 004 §3.3).
 
 Each modality of an example is encoded on its own by the same encoder; a classification task
-reads its dataset's linear head on the pooled tokens, a contrastive task reads one projection
-per modality into the common space, scaled by a learned temperature.
+reads its dataset's linear head on the pooled tokens, a contrastive task projects each modality
+into the space it shares with each other modality and divides similarities by a learned
+temperature (`contrastive_head`, `temperature`).
 """
 
 import functools
+import itertools
 import math
 
 import flax.linen as nn
@@ -24,16 +26,45 @@ from imp.modeling.embedders import (
     drop_tokens,
 )
 from imp.modeling.encoder import REMAT_POLICIES, Encoder, layer_plan
-from imp.modeling.heads import HEAD_INITS, ClassifierHead, Projection, masked_mean
+from imp.modeling.heads import (
+    HEAD_INITS,
+    ClassifierHead,
+    MlpProjection,
+    Projection,
+    masked_mean,
+)
 from imp.modeling.moe import ROUTERS, MoeConfig, num_groups
 
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
+PAIRS = tuple(itertools.combinations(sorted(MODALITIES), 2))  # unordered, names sorted
 # CLIP's temperature: initialised at 1/0.07 and capped at 100, kept positive via the log.
 _LOGIT_SCALE_INIT = math.log(1 / 0.07)
 _LOGIT_SCALE_MAX = math.log(100.0)
 
 
 TOWERS = ("shared", "per_modality")
+# "linear": one projection per modality, shared by every target (CLIP). "mlp": one
+# feed-forward head per (source, target) pair (IMP's reference code).
+CONTRASTIVE_HEADS = ("linear", "mlp")
+# "clip": one logit scale for every pair. "per_pair": one raw temperature T per pair,
+# similarities / (relu(T) + 1e-6), unclipped (IMP's reference code).
+TEMPERATURES = ("clip", "per_pair")
+
+
+def head_key(kind: str, source: str, target: str) -> str:
+    """The contrastive head that embeds `source` for comparison with `target`; its parameters
+    are `projections_<key>`."""
+    return source if kind == "linear" else f"{source}_to_{target}"
+
+
+def contrastive_parameters(modalities) -> set[str]:
+    """Top-level parameters a contrastive task over `modalities` reads, whichever the head and
+    temperature options (a model has only one option's: the other names are not there)."""
+    names = {"logit_scale"} | {f"projections_{head_key('linear', m, '')}" for m in modalities}
+    for a, b in itertools.combinations(sorted(modalities), 2):
+        names |= {f"projections_{head_key('mlp', a, b)}", f"projections_{head_key('mlp', b, a)}"}
+        names.add(f"temperature_{a}_{b}")
+    return names
 
 
 # Registered, not decorated: gin bindings reach the model built by `Experiment.from_gin` (or an
@@ -77,6 +108,16 @@ class ImpModel(nn.Module):
     # "shared": one encoder for every modality (IMP); "per_modality": the multi-tower
     # baseline of seed 004 §4, one encoder per modality with the same blocks.
     towers: str = "shared"
+    # LayerNorm of q and k in every attention layer (`SelfAttention`); IMP's reference code
+    # turns it on in its MoE models.
+    qk_layernorm: bool = False
+    # `CONTRASTIVE_HEADS`; the MLP heads are `embed_dim` wide inside and out (reference:
+    # 1024 and 1024).
+    contrastive_head: str = "linear"
+    # `TEMPERATURES`; `temperature_init` is where each per-pair temperature starts (reference:
+    # 0.2, and 1.0 in the sparse MoE models, "high temperature for fast convergence").
+    temperature: str = "clip"
+    temperature_init: float = 0.2
 
     def setup(self):
         self.embedders = {
@@ -109,17 +150,43 @@ class ImpModel(nn.Module):
             moe,
             self.moe_every if moe else 0,
             self.moe_last,
+            self.qk_layernorm,
         )
         assert self.towers in TOWERS, self.towers  # `check_config` names a wrong value
         if self.towers == "shared":
             self.encoder = make_encoder()
         else:
             self.encoders = {m: make_encoder() for m in MODALITIES}
-        self.projections = {m: Projection(self.embed_dim) for m in MODALITIES}
+        assert self.contrastive_head in CONTRASTIVE_HEADS, self.contrastive_head
+        if self.contrastive_head == "linear":
+            self.projections = {m: Projection(self.embed_dim) for m in MODALITIES}
+        else:
+            self.projections = {
+                head_key("mlp", s, t): MlpProjection(self.embed_dim, self.embed_dim)
+                for s, t in itertools.permutations(MODALITIES, 2)
+            }
         self.classifiers = {name: ClassifierHead(n, self.head_init) for name, n in self.heads}
-        self.logit_scale = self.param(
-            "logit_scale", nn.initializers.constant(_LOGIT_SCALE_INIT), ()
-        )
+        assert self.temperature in TEMPERATURES, self.temperature
+        if self.temperature == "clip":
+            self.logit_scale = self.param(
+                "logit_scale", nn.initializers.constant(_LOGIT_SCALE_INIT), ()
+            )
+        else:
+            init = nn.initializers.constant(self.temperature_init)
+            self.temperatures = {
+                f"{a}_{b}": self.param(f"temperature_{a}_{b}", init, ()) for a, b in PAIRS
+            }
+
+    def logit_scales(self) -> dict[str, jax.Array]:
+        """`logit_scale/<a>/<b>` for every modality pair (`PAIRS`): what similarities of the
+        pair's embeddings are multiplied by, 1 / temperature."""
+        if self.temperature == "clip":
+            scale = jnp.exp(jnp.clip(self.logit_scale, 0.0, _LOGIT_SCALE_MAX))
+            return {f"logit_scale/{a}/{b}": scale for a, b in PAIRS}
+        return {
+            f"logit_scale/{a}/{b}": 1.0 / (nn.relu(self.temperatures[f"{a}_{b}"]) + 1e-6)
+            for a, b in PAIRS
+        }
 
     def encode(
         self, modality: str, x: jax.Array, drop_rate: float = 0.0, train: bool = False
@@ -140,9 +207,11 @@ class ImpModel(nn.Module):
         drop_rate: float = 0.0,
         train: bool = False,
     ) -> dict[str, jax.Array]:
-        """Returns `logits/<head>` for a classification head, else `embedding/<modality>`
-        (L2-normalised `[batch, embed_dim]`) for each modality, plus `pooled/<modality>`."""
-        out = {"logit_scale": jnp.exp(jnp.clip(self.logit_scale, 0.0, _LOGIT_SCALE_MAX))}
+        """Returns `logits` for a classification head, else `embedding/<source>/<target>`
+        (L2-normalised `[batch, embed_dim]`: the source input in the space it shares with
+        `target`) for each input modality and each other modality; plus `pooled/<modality>`
+        and the pairs' `logit_scale/<a>/<b>`."""
+        out = self.logit_scales()
         for modality in MODALITIES:
             if modality in inputs:
                 tokens, mask, stats = self.encode(modality, inputs[modality], drop_rate, train)
@@ -152,11 +221,14 @@ class ImpModel(nn.Module):
             source = next(m for m in MODALITIES if f"pooled/{m}" in out)
             out["logits"] = self.classifiers[head](out[f"pooled/{source}"])
         else:
-            for modality in MODALITIES:
-                if f"pooled/{modality}" in out:
-                    out[f"embedding/{modality}"] = self.projections[modality](
-                        out[f"pooled/{modality}"]
-                    )
+            for source in (m for m in MODALITIES if f"pooled/{m}" in out):
+                targets = {t: head_key(self.contrastive_head, source, t) for t in MODALITIES}
+                del targets[source]
+                embedded = {
+                    key: self.projections[key](out[f"pooled/{source}"])
+                    for key in dict.fromkeys(targets.values())  # a linear head: one for all
+                }
+                out.update({f"embedding/{source}/{t}": embedded[k] for t, k in targets.items()})
         return out
 
     def init_everything(self, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
@@ -195,6 +267,12 @@ def check_config(model: ImpModel) -> None:
     _one_of("remat_policy", model.remat_policy, REMAT_POLICIES)
     _one_of("head_init", model.head_init, HEAD_INITS)
     _one_of("router", model.router, ROUTERS)
+    _one_of("contrastive_head", model.contrastive_head, CONTRASTIVE_HEADS)
+    _one_of("temperature", model.temperature, TEMPERATURES)
+    validation.require(
+        model.temperature_init > 0,
+        f"ImpModel.temperature_init = {model.temperature_init}: a temperature must be > 0",
+    )
     validation.at_least("ImpModel.num_experts", model.num_experts, 0)
     if model.num_experts:
         validation.at_least("ImpModel.capacity_factor", model.capacity_factor, 1e-6)

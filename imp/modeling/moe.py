@@ -123,11 +123,13 @@ class MoeMlp(nn.Module):
         b, length, d = x.shape
         g = num_groups(b * length, cfg.max_group_size)
         tokens = constrain(x.reshape(g, -1, d), ("batch", None, "embed"))  # [G, S, D]
-        real = mask.reshape(g, -1).astype(x.dtype)  # [G, S]
+        real = mask.reshape(g, -1).astype(jnp.float32)  # [G, S]
         w_router = param_with_axes(
             self, "router", nn.initializers.normal(0.02), (d, cfg.num_experts), ("embed", None)
         )
-        logits = jnp.einsum("gsd,de->gse", tokens, w_router)
+        # The router runs in float32 whatever the compute dtype (as IMP's reference code):
+        # in bfloat16, near-equal logits tie and the top-C choice flips between steps.
+        logits = jnp.einsum("gsd,de->gse", tokens.astype(jnp.float32), w_router.astype(jnp.float32))
         # Padding tokens get zero probability: ranked last, combined with weight 0.
         probs = jax.nn.softmax(logits, axis=-1) * real[..., None]
         if cfg.router == "experts_choose":
@@ -137,12 +139,13 @@ class MoeMlp(nn.Module):
         # Under expert parallelism these two constraints make the dispatch and the combine
         # all-to-alls: groups move from the batch axes to their experts' devices and back.
         on_experts = ("expert", "expert_group", None, "embed")
-        expert_in = constrain(jnp.einsum("gsec,gsd->egcd", routing.dispatch, tokens), on_experts)
+        dispatch, combine = routing.dispatch.astype(x.dtype), routing.combine.astype(x.dtype)
+        expert_in = constrain(jnp.einsum("gsec,gsd->egcd", dispatch, tokens), on_experts)
         out = constrain(self._experts(expert_in), on_experts)  # [E, G, C, D]
-        y = jnp.einsum("gsec,egcd->gsd", routing.combine, out)
+        y = jnp.einsum("gsec,egcd->gsd", combine, out)
         y = constrain(y, ("batch", None, "embed")).reshape(b, length, d)
         num_real = jnp.maximum(real.sum(), 1.0)
-        processed = (routing.dispatch.sum(axis=(2, 3)) > 0).astype(x.dtype) * real
+        processed = (routing.dispatch.sum(axis=(2, 3)) > 0).astype(jnp.float32) * real
         stats = {
             "expert_fraction": routing.dispatch.sum(axis=(0, 1, 3)) / num_real,  # [E]
             # Under experts-choose every expert fills its C slots whatever the modality, so

@@ -8,6 +8,13 @@
 * `task_by_task`: each task trains for a contiguous block of steps proportional to its rate,
   one task after the other (PolyViT's "task-by-task").
 * `round_robin`: tasks in turn (PolyViT's "alternating").
+* `interval`: the IMP reference code's deterministic loop. It visits the tasks in a fixed
+  order, again and again; each task counts its visits and trains (one optimizer step) only
+  on the visits where `count % interval == 0` (`Schedule.intervals`, default 1: every
+  visit). Only visits that train are steps. With every interval 1 it is `round_robin`; an
+  interval of k makes a task train on every k-th of its turns. The reference keys its
+  counters by data-set name, so two loaders of one data set (e.g. two resolution variants)
+  share a counter; ours are keyed by task, so each task keeps its own.
 * `accumulated`: every step computes every task's gradients and makes one update from their
   sum (PolyViT's "accumulating gradients").
 * `summed`: every step runs all tasks in one graph and minimises the summed loss (the
@@ -19,7 +26,8 @@
   rate * exp(-r / temperature); every task keeps at least `floor` / n probability.
 
 `next(step)` returns the tasks of a step: one for AGD schedules, all for `accumulated` and
-`summed`. State (generator, loss averages) is JSON and goes into every checkpoint.
+`summed`; steps are asked for in order. State (generator, loss averages, the interval
+schedule's cursor and visit counters) is JSON and goes into every checkpoint.
 """
 
 import dataclasses
@@ -38,6 +46,7 @@ SCHEDULES = (
     "uniform",
     "task_by_task",
     "round_robin",
+    "interval",
     "accumulated",
     "summed",
     "loss_aware",
@@ -58,6 +67,7 @@ class Sampler:
         floor: float = 0.2,
         fast_decay: float = 0.7,
         slow_decay: float = 0.95,
+        intervals: dict[str, int] | None = None,
     ):
         if schedule not in SCHEDULES:
             hint = did_you_mean(schedule, SCHEDULES) or f"; choose from {SCHEDULES}"
@@ -82,6 +92,10 @@ class Sampler:
         self.averages: dict[str, list[float]] = {}  # task -> [fast, slow] loss EMAs
         # task_by_task: task i owns steps [boundaries[i], boundaries[i + 1]).
         self.boundaries = np.round(np.cumsum([0.0, *self.rates]) * total_steps).astype(int)
+        # interval: each task's interval, the visits so far, and each task's visit count.
+        self.intervals = _intervals(schedule, self.names, intervals)
+        self.cursor = 0
+        self.visits = {n: 0 for n in self.names}
 
     def next(self, step: int) -> list[str]:
         if self.schedule in JOINT:
@@ -91,7 +105,20 @@ class Sampler:
         if self.schedule == "task_by_task":
             index = int(np.searchsorted(self.boundaries, step, side="right")) - 1
             return [self.names[min(index, len(self.names) - 1)]]
+        if self.schedule == "interval":
+            return [self._next_interval()]
         return [self.names[self.rng.choice(len(self.names), p=self.probabilities())]]
+
+    def _next_interval(self) -> str:
+        """Visits tasks in order until one is due (each task is due at least every
+        `interval` of its visits, so this ends within sum(intervals) visits)."""
+        while True:
+            name = self.names[self.cursor % len(self.names)]
+            self.cursor += 1
+            count = self.visits[name]
+            self.visits[name] = count + 1
+            if count % self.intervals[name] == 0:
+                return name
 
     def probabilities(self) -> np.ndarray:
         """The current multinomial (random schedules)."""
@@ -119,22 +146,50 @@ class Sampler:
             self.averages[task][i] = decay * self.averages[task][i] + (1 - decay) * loss
 
     def state(self) -> dict:
-        return {"bit_generator": self.rng.bit_generator.state, "averages": self.averages}
+        return {
+            "bit_generator": self.rng.bit_generator.state,
+            "averages": self.averages,
+            "cursor": self.cursor,
+            "visits": dict(self.visits),
+        }
 
     def restore(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
         self.averages = {k: list(v) for k, v in state.get("averages", {}).items()}
+        self.cursor = int(state.get("cursor", 0))
+        self.visits = {n: int(state.get("visits", {}).get(n, 0)) for n in self.names}
+
+
+def _intervals(schedule: str, names: Sequence[str], intervals: dict | None) -> dict[str, int]:
+    """Every task's interval (default 1); a task named that is not trained is an error."""
+    intervals = dict(intervals or {})
+    validation.require(
+        not intervals or schedule == "interval",
+        f"Schedule.intervals = {intervals} is read by Schedule.name = 'interval' only, not "
+        f"'{schedule}'",
+    )
+    for name, interval in intervals.items():
+        if name not in names:
+            hint = did_you_mean(name, names) or f"; the tasks are {list(names)}"
+            raise ImpError(f"Schedule.intervals names '{name}', which is not trained{hint}")
+        validation.require(
+            isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1,
+            f"Schedule.intervals['{name}'] = {interval!r}: expected an integer >= 1",
+        )
+    return {n: intervals.get(n, 1) for n in names}
 
 
 # Registered, not decorated: `Experiment.from_gin` reads the bindings (`Schedule.name = ...`).
 @gin.register
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """The run's task schedule: `name` from `SCHEDULES`, with `weights` for `weighted` and
-    `temperature` / `floor` for `loss_aware`."""
+    """The run's task schedule: `name` from `SCHEDULES`, with `weights` for `weighted`,
+    `intervals` (task -> k, default 1) for `interval` and `temperature` / `floor` for
+    `loss_aware`."""
 
     name: str = "proportional"
     weights: dict[str, float] | None = None
+    intervals: dict[str, int] | None = None
     temperature: float = 0.05
     floor: float = 0.2
 
@@ -143,6 +198,8 @@ class Schedule:
         if self.name not in SCHEDULES:
             hint = did_you_mean(self.name, SCHEDULES) or f"; choose from {SCHEDULES}"
             raise ImpError(f"Schedule.name = {self.name!r} is not a schedule{hint}")
+        for task, interval in (self.intervals or {}).items():
+            validation.at_least(f"Schedule.intervals['{task}']", interval, 1)
         validation.at_least("Schedule.temperature", self.temperature, 1e-6)
         validation.require(
             0.0 <= self.floor <= 1.0, f"Schedule.floor = {self.floor}: expected a number in [0, 1]"
@@ -153,5 +210,13 @@ class Schedule:
     ) -> Sampler:
         """A fresh sampler over the tasks `names` with their mixture `rates`."""
         return Sampler(
-            self.name, names, rates, total_steps, seed, self.weights, self.temperature, self.floor
+            self.name,
+            names,
+            rates,
+            total_steps,
+            seed,
+            self.weights,
+            self.temperature,
+            self.floor,
+            intervals=self.intervals,
         )

@@ -11,6 +11,7 @@ reports `skipped`; the loop decides when too many in a row stop the run.
 """
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 
 import gin
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from imp import objectives, validation
-from imp.modeling.model import ImpModel
+from imp.modeling.model import ImpModel, contrastive_parameters
 from imp.tasks.spec import CLASSIFICATION, TaskSpec
 from imp.training.train_state import TrainState
 
@@ -32,7 +33,7 @@ def used_parameters(task: TaskSpec) -> set[str]:
     if task.objective in CLASSIFICATION:
         used.add(f"classifiers_{task.head}")
     else:
-        used |= {f"projections_{m}" for m in task.modalities} | {"logit_scale"}
+        used |= contrastive_parameters(task.modalities)
     return used
 
 
@@ -109,9 +110,13 @@ class TaskLoss:
         elif task.objective == "bce":
             loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], batch["labels"])
         else:
-            embeddings = {m: out[f"embedding/{m}"] for m in task.modalities}
-            loss, metrics = objectives.nce(embeddings, out["logit_scale"])
-            metrics["temperature"] = 1.0 / out["logit_scale"]
+            pairs = list(itertools.combinations(sorted(task.modalities), 2))
+            scales = {(x, y): out[f"logit_scale/{x}/{y}"] for x, y in pairs}
+            embeddings = {
+                (s, t): out[f"embedding/{s}/{t}"]
+                for s, t in itertools.permutations(task.modalities, 2)
+            }
+            loss, metrics = objectives.nce(embeddings, scales)
         routing = {k: v for k, v in out.items() if k.startswith("routing/")}
         if routing:
             aux = {

@@ -23,11 +23,17 @@ def state_shardings(model: ImpModel, tx: optax.GradientTransformation, partition
     boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     params = partitioner.logical_shardings(boxed)["params"]
     abstract_params = nn.unbox(boxed)["params"]
+    # Copies of the parameter tree in the state (Adam's moments) take the parameters'
+    # shardings; leaves of another shape in such a copy (per-parameter step counts, int32 [])
+    # and everything else are replicated.
     opt_state = optax.tree_map_params(
         tx,
-        lambda _, sharding: sharding,
+        lambda leaf, sharding, param: (
+            sharding if leaf.shape == param.shape else partitioner.replicated()
+        ),
         jax.eval_shape(tx.init, abstract_params),
         params,
+        abstract_params,
         transform_non_params=lambda _: partitioner.replicated(),
     )
     return {"step": partitioner.replicated(), "params": params, "opt_state": opt_state}
