@@ -22,7 +22,7 @@ from pathlib import Path
 
 from imp.bench import BENCHMARKS
 from imp.errors import ImpError
-from imp.training.ablation import STUDIES
+from imp.training.studies import STUDIES
 
 DEFAULT_RUN = "runs/demo.gin"
 
@@ -176,7 +176,7 @@ def _ablation(args, flag_bindings) -> int:
     from imp import config
     from imp.training import ablation
 
-    study = ablation.STUDIES[args.study]
+    study = STUDIES[args.study]
     out = Path(args.out or f"ablations/{study.name}")
     args.gin_file = [study.run_file, *args.gin_file]  # given files scale the study's run
     _configure(args, flag_bindings)  # registers the configurables; flags checked once

@@ -11,16 +11,9 @@ from conftest import SHARED, TINY, WORLD_IMAGES
 
 from imp import cli, config
 from imp.errors import ImpError
-from imp.training import ablation, loop
-from imp.training.ablation import (
-    AGREES,
-    DISAGREES,
-    NOT_MEASURED,
-    ONE_SEED,
-    WITHIN_SPREAD,
-    Column,
-    Variant,
-)
+from imp.training import ablation, loop, studies
+from imp.training.ablation import AGREES, DISAGREES, NOT_MEASURED, ONE_SEED, WITHIN_SPREAD
+from imp.training.studies import Column, Variant
 
 
 def test_help_lists_every_study(capsys):
@@ -113,7 +106,7 @@ def test_a_steps_rule_rebuilds_with_the_steps_it_gives():
         calls.append(bindings)
         return "options", Built()
 
-    variant = Variant("twice", ("Schedule.name = 'round_robin'",), ablation._times_tasks)
+    variant = Variant("twice", ("Schedule.name = 'round_robin'",), studies._times_tasks)
     run = ablation._build(build, variant, 2, ablation.Path("/tmp/study/twice/seed2"))
     assert run.run_dir.name == "seed2" and variant.slug == "twice"
     assert calls[0] == [
@@ -124,14 +117,14 @@ def test_a_steps_rule_rebuilds_with_the_steps_it_gives():
     assert calls[1] == [*calls[0], "Experiment.train_steps = 60"]
 
 
-@pytest.mark.parametrize("name", list(ablation.STUDIES))
+@pytest.mark.parametrize("name", list(studies.STUDIES))
 def test_every_variant_parses_and_its_labels_make_distinct_folders(name):
     import gin
 
     from imp.modeling.model import ImpModel, check_config
     from imp.training.samplers import Schedule
 
-    study = ablation.STUDIES[name]
+    study = studies.STUDIES[name]
     assert len({v.slug for v in study.variants}) == len(study.variants)
     for table in study.tables:
         labels = {c.label for c in table.columns}
@@ -165,12 +158,12 @@ def test_a_finished_run_of_another_configuration_is_an_error(tmp_path):
 def test_a_tiny_study_end_to_end_then_resumed(world_dir, tmp_path, capsys, monkeypatch):
     """`towers` without its MoE variant (its compiles would double the time), on one task at
     1 step, 2 seeds; then again, with training forbidden."""
-    towers = ablation.STUDIES["towers"]
+    towers = studies.STUDIES["towers"]
     (table,) = towers.tables
     table = dataclasses.replace(
         table, variants=table.variants[:2], comparisons=table.comparisons[:1]
     )
-    monkeypatch.setitem(ablation.STUDIES, "towers", dataclasses.replace(towers, tables=(table,)))
+    monkeypatch.setitem(studies.STUDIES, "towers", dataclasses.replace(towers, tables=(table,)))
     flags = [
         f"prepare_demo.data_dir='{world_dir}'",
         f"prepare_demo.num_images={WORLD_IMAGES}",
