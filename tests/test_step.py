@@ -207,18 +207,44 @@ def test_summed_and_accumulated_equal_a_hand_summed_update():
     _assert_trees_close(accumulated["params"], reference, rtol=1e-5, atol=1e-6)
 
 
-def test_non_finite_step_changes_nothing_but_the_counter():
+def _is_schedule(node) -> bool:
+    return isinstance(node, optax.ScaleByScheduleState)
+
+
+def _schedule_counts(opt_state) -> list[int]:
+    leaves = jax.tree.leaves(opt_state, is_leaf=_is_schedule)
+    return [int(n.count) for n in leaves if _is_schedule(n)]
+
+
+def test_non_finite_step_changes_nothing_but_the_counters():
+    """A skipped step keeps parameters and Adam's state; the step counter and the
+    learning-rate schedule advance together, so the next step applies the next step's rate
+    (warm-up of one step: the rate is 0 at step 0 and 1e-2 from step 1)."""
     tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
+    step = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], LOSS))
     state = _fresh_state(tx)
     before = jax.tree.map(np.asarray, state)
     batch = _batch(1, 3)
-    batch["vision"] = batch["vision"].at[0, 0, 0, 0, 0].set(jnp.nan)
-    after, metrics = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], LOSS))(
-        state, {"task_a": batch}, jax.random.key(0)
-    )
+    broken = {**batch, "vision": batch["vision"].at[0, 0, 0, 0, 0].set(jnp.nan)}
+    after, metrics = step(state, {"task_a": broken}, jax.random.key(0))
     assert bool(metrics["skipped"]) and int(after["step"]) == 1
+    assert _schedule_counts(after["opt_state"]) == [1]
     _assert_trees_close(after["params"], before["params"], rtol=0, atol=0)
-    _assert_trees_close(after["opt_state"], before["opt_state"], rtol=0, atol=0)
+    without_schedule = lambda s: jax.tree.map(  # noqa: E731
+        lambda n: None if _is_schedule(n) else n, s, is_leaf=_is_schedule
+    )
+    _assert_trees_close(
+        without_schedule(after["opt_state"]), without_schedule(before["opt_state"]), rtol=0, atol=0
+    )
+    resumed, metrics = step(after, {"task_a": batch}, jax.random.key(1))
+    assert float(metrics["learning_rate"]) == pytest.approx(1e-2)
+    moved = max(
+        float(np.abs(np.asarray(a) - b).max())
+        for a, b in zip(
+            jax.tree.leaves(resumed["params"]), jax.tree.leaves(before["params"]), strict=True
+        )
+    )
+    assert moved > 1e-3  # the rate of step 1, not step 0's zero
 
 
 def test_task_lr_multiplier_scales_the_update():

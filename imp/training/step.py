@@ -133,6 +133,22 @@ def _select(finite, new, old):
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
+def _is_schedule_state(node) -> bool:
+    return isinstance(node, optax.ScaleByScheduleState)
+
+
+def _select_opt_state(finite, new, old):
+    """`_select` of the optimizer state, except that learning-rate schedules always advance:
+    a skipped step keeps Adam's moments and counts, but the schedule stays on `state["step"]`
+    (the learning rate applied at step n is the one reported for step n)."""
+    return jax.tree.map(
+        lambda n, o: n if _is_schedule_state(n) else _select(finite, n, o),
+        new,
+        old,
+        is_leaf=_is_schedule_state,
+    )
+
+
 def make_train_step(
     model: ImpModel,
     tx: optax.GradientTransformation,
@@ -182,7 +198,7 @@ def apply_gradients(
 ) -> TrainState:
     """The optax update of `grads`, keeping untouched parameters (and everything, when the
     step is not `finite`: by default, when the gradients are not) as they were; the step
-    counter always advances."""
+    counter and the learning-rate schedule always advance."""
     if finite is None:
         finite = jnp.isfinite(optax.global_norm(grads))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -196,7 +212,7 @@ def apply_gradients(
     return {
         "step": state["step"] + 1,
         "params": _select(finite, params, state["params"]),
-        "opt_state": _select(finite, opt_state, state["opt_state"]),
+        "opt_state": _select_opt_state(finite, opt_state, state["opt_state"]),
     }
 
 
