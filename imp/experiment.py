@@ -261,6 +261,15 @@ class Experiment:
             f"ImpModel.vocab_size = {self.model.vocab_size} is smaller than the vocabulary of "
             f"{where} ({spec.vocab_size} ids); bind ImpModel.vocab_size >= {spec.vocab_size}",
         )
+        validation.require(
+            self.model.attention == "joint"
+            or not spec.drop_rate
+            or "vision" not in spec.modalities,
+            f"{where}: DropToken (rate {spec.drop_rate}) removes video tokens, and "
+            f"ImpModel.attention = {self.model.attention!r} attends within frames and along "
+            f"positions of the full token grid; use attention 'joint' or a variant without "
+            f"DropToken (Dataset.image_droptoken / the video droptoken variant)",
+        )
         for train, label in ((True, "training input"), (False, "evaluation input")):
             try:
                 tokens = tokens_per_example(

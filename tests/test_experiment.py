@@ -68,3 +68,17 @@ def test_a_model_file_alone_is_not_a_run():
     config.parse(["models/tiny.gin"])
     with pytest.raises(ImpError, match="Experiment.model_dir, Experiment.train_steps, .* add a"):
         Experiment.from_gin()
+
+
+def test_factorised_attention_refuses_droptoken_and_odd_heads():
+    """ViViT's factorised attentions need the full grid of video tokens, and Model 4 splits
+    the heads in two."""
+    model = MODEL.clone(attention="factorised_self_attention")
+    Experiment(tasks=(_task("a"),), model=model)
+    with pytest.raises(ImpError, match="task 'a': DropToken .* ImpModel.attention = 'factoris"):
+        Experiment(tasks=(_task("a", drop_rate=0.5),), model=model)
+    odd = MODEL.clone(attention="factorised_dot_product", num_heads=1)
+    with pytest.raises(ImpError, match="num_heads = 1 must be even"):
+        Experiment(tasks=(_task("a"),), model=odd)
+    with pytest.raises(ImpError, match="did you mean factorised_dot_product"):
+        Experiment(tasks=(_task("a"),), model=MODEL.clone(attention="factorised_dot"))

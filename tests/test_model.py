@@ -43,6 +43,8 @@ ENCODERS = {
         dict(moe=MoeConfig(4, "tokens_choose"), moe_last=1),
         {"segment_0": 3, "segment_1": 1},
     ),
+    "factorised_self_attention": (dict(attention="factorised_self_attention"), {"segment_0": 4}),
+    "factorised_dot_product": (dict(attention="factorised_dot_product"), {"segment_0": 4}),
 }
 
 
@@ -170,10 +172,13 @@ def _layer_norm(x, scale, bias=0.0, eps=1e-6):
     return (x - mean) / np.sqrt(var + eps) * scale + bias
 
 
-def _attention_reference(p, x, mask, num_heads, qk_layernorm):
-    """Naive multi-head attention, head by head, in float64."""
+def _attention_reference(p, x, mask, num_heads, qk_layernorm, allowed=None):
+    """Naive multi-head attention, head by head, in float64; `allowed[h]` `[length, length]`
+    (default: everything) also limits which keys each query of head h sees."""
     x, mask = np.asarray(x, np.float64), np.asarray(mask)
     batch, length, d_model = x.shape
+    if allowed is None:
+        allowed = np.ones((num_heads, length, length), bool)
     head_dim = d_model // num_heads
     out = np.zeros((batch, length, d_model))
     for b in range(batch):
@@ -184,6 +189,7 @@ def _attention_reference(p, x, mask, num_heads, qk_layernorm):
                 k = _layer_norm(k, p["k_norm"]["scale"])
             logits = q @ k.T / math.sqrt(head_dim)
             logits[:, ~mask[b]] = -np.inf
+            logits[~allowed[h]] = -np.inf
             weights = np.exp(logits - logits.max(-1, keepdims=True))
             weights /= weights.sum(-1, keepdims=True)
             out[b] += weights @ v @ p["out_kernel"][h]
@@ -302,3 +308,67 @@ def test_check_config_names_a_bad_head_or_temperature(field, value, message):
 
     with pytest.raises(ImpError, match=message):
         check_config(ImpModel(**SMALL, **{field: value}))
+
+
+# ViViT's factorised attentions (seed 001) on a video of 3 frames x 4 positions, one example
+# with its last two tokens padded.
+GRID = (3, 4)
+FRAME, POSITION = np.divmod(np.arange(12), 4)
+SAME_FRAME = FRAME[:, None] == FRAME[None, :]
+SAME_POSITION = POSITION[:, None] == POSITION[None, :]
+VIDEO_MASK = jnp.array([[1] * 10 + [0] * 2, [1] * 12], bool)
+
+
+def test_factorised_dot_product_is_space_heads_and_time_heads():
+    """Model 4: heads 0-1 equal attention masked to the query's frame, heads 2-3 attention
+    masked to its position, concatenated before the output projection."""
+    x = jax.random.normal(jax.random.key(7), (2, 12, 16))
+    attention = SelfAttention(4, factorised=True)
+    params = nn.unbox(attention.init(jax.random.key(0), x, VIDEO_MASK, GRID))["params"]
+    params = _randomised(params, seed=8)
+    got = attention.apply({"params": params}, x, VIDEO_MASK, GRID)
+    allowed = np.stack([SAME_FRAME] * 2 + [SAME_POSITION] * 2)
+    p = jax.tree.map(np.asarray, params)
+    expected = _attention_reference(p, x, VIDEO_MASK, 4, False, allowed)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_factorised_self_attention_is_a_frame_step_then_a_position_step():
+    """Model 3: x + attention within the frame (its own weights and LayerNorm), then + attention
+    along the position, then the MLP, each step equal to joint attention under that mask."""
+    from imp.modeling.encoder import EncoderBlock
+
+    x = jax.random.normal(jax.random.key(9), (2, 12, 16))
+    block = EncoderBlock(2, 32, attention="factorised_self_attention", grid=GRID)
+    params = _randomised(_init(block, x, VIDEO_MASK)["params"], seed=10)
+    got, _ = block.apply({"params": params}, x, VIDEO_MASK)
+    p = jax.tree.map(np.asarray, params)
+
+    def ln(name, h):
+        norm = p[name]["LayerNorm_0"]
+        return _layer_norm(h, norm["scale"], norm["bias"], eps=1e-6)
+
+    h = np.asarray(x, np.float64)
+    for axis, allowed in (("space", SAME_FRAME), ("time", SAME_POSITION)):
+        attention = p[f"attention_{axis}"]
+        h = h + _attention_reference(
+            attention, ln(f"ln_attention_{axis}", h), VIDEO_MASK, 2, False, np.stack([allowed] * 2)
+        )
+    mlp = p["mlp"]
+    hidden = ln("ln_mlp", h) @ mlp["wi"]["kernel"] + mlp["wi"]["bias"]
+    gelu = jax.nn.gelu(hidden)
+    expected = h + np.asarray(gelu) @ mlp["wo"]["kernel"] + mlp["wo"]["bias"]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("attention", ["factorised_self_attention", "factorised_dot_product"])
+def test_factorised_attention_on_an_image_is_joint_over_space(attention):
+    """A still image is one frame: the space step is joint attention over all its tokens, and
+    a model with the factorised attentions runs every modality."""
+    model = ImpModel(**SMALL, attention=attention, heads=(("digits", 10),))
+    params = _initialised(model)["params"]
+    video = jax.random.normal(jax.random.key(11), (2, 4, 16, 16, 3))
+    out = jax.jit(functools.partial(model.apply, head="digits"))(
+        {"params": params}, {"vision": video}
+    )
+    assert out["logits"].shape == (2, 10) and bool(jnp.isfinite(out["logits"]).all())

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imp.modeling import factorised
 from imp.modeling.layers import LayerNorm, MlpBlock, SelfAttention, constrain
 from imp.modeling.moe import MoeConfig, MoeMlp
 
@@ -40,22 +41,52 @@ def layer_plan(
     return [(pattern, repeats) for pattern, repeats in plan if repeats]
 
 
+# How a block attends over video tokens (seed 001, ViViT): "joint" over all space-time tokens
+# (Model 1, IMP's encoder); "factorised_self_attention" first within each frame, then along
+# each position, with separate weights (Model 3); "factorised_dot_product" with half the heads
+# within frames and half along positions, in one attention (Model 4). See `factorised`.
+ATTENTIONS = ("joint", "factorised_self_attention", "factorised_dot_product")
+
+
 class EncoderBlock(nn.Module):
+    """Pre-LN block: attention (`ATTENTIONS`) then a dense or MoE feed-forward. `grid` is
+    `(frames, space)` of video tokens, None for other inputs (`factorised`)."""
+
     num_heads: int
     mlp_dim: int
     moe: MoeConfig | None = None
     qk_layernorm: bool = False
+    attention: str = "joint"
+    grid: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
         x = constrain(x, ("batch", "length", "embed"))
-        attention = SelfAttention(self.num_heads, self.qk_layernorm, name="attention")
-        x = x + attention(LayerNorm(name="ln_attention")(x), mask)
+        if self.attention == "factorised_self_attention":
+            x = self._factorised_self_attention(x, mask)
+        else:
+            factorised = self.attention == "factorised_dot_product"
+            attention = SelfAttention(
+                self.num_heads, self.qk_layernorm, factorised, name="attention"
+            )
+            x = x + attention(LayerNorm(name="ln_attention")(x), mask, self.grid)
         h = LayerNorm(name="ln_mlp")(x)
         if self.moe is None:
             return x + MlpBlock(self.mlp_dim, name="mlp")(h), {}
         y, stats = MoeMlp(self.moe, self.mlp_dim, name="moe")(h, mask)
         return x + y, stats
+
+    def _factorised_self_attention(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """Model 3: residual attention within each frame, then along each position."""
+        batch = x.shape[0]
+        for axis, to, back in (
+            ("space", factorised.to_space, factorised.from_space),
+            ("time", factorised.to_time, factorised.from_time),
+        ):
+            attention = SelfAttention(self.num_heads, self.qk_layernorm, name=f"attention_{axis}")
+            h = to(LayerNorm(name=f"ln_attention_{axis}")(x), self.grid)
+            x = x + back(attention(h, to(mask, self.grid)), batch)
+        return x
 
 
 class BlockGroup(nn.Module):
@@ -66,6 +97,8 @@ class BlockGroup(nn.Module):
     mlp_dim: int
     moe: MoeConfig | None = None
     qk_layernorm: bool = False
+    attention: str = "joint"
+    grid: tuple[int, int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[dict]]:
@@ -73,7 +106,13 @@ class BlockGroup(nn.Module):
         for i, kind in enumerate(self.pattern):
             moe = self.moe if kind == "moe" else None
             block = EncoderBlock(
-                self.num_heads, self.mlp_dim, moe, self.qk_layernorm, name=f"{kind}_{i}"
+                self.num_heads,
+                self.mlp_dim,
+                moe,
+                self.qk_layernorm,
+                self.attention,
+                self.grid,
+                name=f"{kind}_{i}",
             )
             x, s = block(x, mask)
             if s:
@@ -83,7 +122,8 @@ class BlockGroup(nn.Module):
 
 class Encoder(nn.Module):
     """`[batch, length, embed]` tokens with `[batch, length]` mask -> encoded tokens and the
-    routing statistics averaged over MoE layers (empty for a dense encoder)."""
+    routing statistics averaged over MoE layers (empty for a dense encoder). `grid`: the
+    `(frames, space)` layout of video tokens for the factorised `attention`s."""
 
     num_layers: int
     num_heads: int
@@ -94,10 +134,14 @@ class Encoder(nn.Module):
     moe_every: int = 0
     moe_last: int = 0
     qk_layernorm: bool = False
+    attention: str = "joint"
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, grid: tuple[int, int] | None = None
+    ) -> tuple[jax.Array, dict]:
         assert self.remat_policy in REMAT_POLICIES, self.remat_policy  # see `check_config`
+        assert self.attention in ATTENTIONS, self.attention
         group = BlockGroup
         if self.remat_policy != "none":
             group = nn.remat(
@@ -106,7 +150,15 @@ class Encoder(nn.Module):
         moe_every, moe_last = (self.moe_every, self.moe_last) if self.moe else (0, 0)
         layer_stats = []
         for j, (pattern, repeats) in enumerate(layer_plan(self.num_layers, moe_every, moe_last)):
-            args = (pattern, self.num_heads, self.mlp_dim, self.moe, self.qk_layernorm)
+            args = (
+                pattern,
+                self.num_heads,
+                self.mlp_dim,
+                self.moe,
+                self.qk_layernorm,
+                self.attention,
+                grid if self.attention != "joint" else None,
+            )
             if self.scan_layers:
                 stack = nn.scan(
                     group,

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imp.modeling.factorised import factorised_heads
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -71,19 +73,34 @@ def _qk_norm(name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-6, use_bias=False, scale_init=scale_init, name=name)
 
 
+def dot_product_attention(q, k, v, mask: jax.Array) -> jax.Array:
+    """Softmax attention of `q, k, v` `[batch, heads, length, kv]` (q already scaled) over the
+    keys that `mask` `[batch, length]` keeps."""
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over `[batch, length, embed]` with a key padding mask.
 
     `qk_layernorm`: q and k are each LayerNormed over `kv` (per head, one learned scale of
     `[kv]` shared by the heads, no bias) before the 1/sqrt(kv) scaling. It bounds the
     attention logits, which otherwise grow without limit in large (MoE) models; IMP's reference
-    code turns it on in its MoE models only."""
+    code turns it on in its MoE models only.
+
+    `factorised`: ViViT's Model 4 (factorised dot-product attention): half the heads attend
+    within each frame of `grid`, half along each position (`factorised.factorised_heads`)."""
 
     num_heads: int
     qk_layernorm: bool = False
+    factorised: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, grid: tuple[int, int] | None = None
+    ) -> jax.Array:
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
         xavier = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
@@ -109,10 +126,11 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # [batch, heads, length, kv]
         if self.qk_layernorm:
             q, k = _qk_norm("q_norm")(q), _qk_norm("k_norm")(k)
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(head_dim).astype(x.dtype)
-        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        q = q / jnp.sqrt(head_dim).astype(x.dtype)
+        if self.factorised:
+            out = factorised_heads(dot_product_attention, q, k, v, mask, grid)
+        else:
+            out = dot_product_attention(q, k, v, mask)
         out = constrain(out, ("batch", "heads", "length", "kv"))
         w_out = param_with_axes(
             self,

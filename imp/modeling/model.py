@@ -25,7 +25,7 @@ from imp.modeling.embedders import (
     WaveformEmbedder,
     drop_tokens,
 )
-from imp.modeling.encoder import REMAT_POLICIES, Encoder, layer_plan
+from imp.modeling.encoder import ATTENTIONS, REMAT_POLICIES, Encoder, layer_plan
 from imp.modeling.heads import (
     HEAD_INITS,
     ClassifierHead,
@@ -111,6 +111,10 @@ class ImpModel(nn.Module):
     # LayerNorm of q and k in every attention layer (`SelfAttention`); IMP's reference code
     # turns it on in its MoE models.
     qk_layernorm: bool = False
+    # How attention treats video tokens (`encoder.ATTENTIONS`, seed 001's ViViT Models 1, 3
+    # and 4): "joint" space-time attention, IMP's; the factorised forms attend within frames
+    # and along positions, and need every token (no DropToken).
+    attention: str = "joint"
     # `CONTRASTIVE_HEADS`; the MLP heads are `embed_dim` wide inside and out (reference:
     # 1024 and 1024).
     contrastive_head: str = "linear"
@@ -151,6 +155,7 @@ class ImpModel(nn.Module):
             self.moe_every if moe else 0,
             self.moe_last,
             self.qk_layernorm,
+            self.attention,
         )
         assert self.towers in TOWERS, self.towers  # `check_config` names a wrong value
         if self.towers == "shared":
@@ -197,8 +202,17 @@ class ImpModel(nn.Module):
         if train and drop_rate > 0.0 and modality != "text":
             tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
         encoder = self.encoder if self.towers == "shared" else self.encoders[modality]
-        tokens, stats = encoder(tokens, mask)
+        tokens, stats = encoder(tokens, mask, self._grid(modality, x.shape[1:]))
         return tokens, mask, stats
+
+    def _grid(self, modality: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """`(frames, space)` of a video's tokens, for the factorised attentions."""
+        if modality != "vision" or self.attention == "joint":
+            return None
+        frames, height, width = embedders.vision_grid(
+            shape[:3], self.vision_patch, self.vision_max_grid
+        )
+        return frames, height * width
 
     def __call__(
         self,
@@ -265,6 +279,12 @@ def check_config(model: ImpModel) -> None:
     )
     _one_of("towers", model.towers, TOWERS)
     _one_of("remat_policy", model.remat_policy, REMAT_POLICIES)
+    _one_of("attention", model.attention, ATTENTIONS)
+    validation.require(
+        model.attention != "factorised_dot_product" or model.num_heads % 2 == 0,
+        f"ImpModel.attention = 'factorised_dot_product' splits the heads in half (space and "
+        f"time): ImpModel.num_heads = {model.num_heads} must be even",
+    )
     _one_of("head_init", model.head_init, HEAD_INITS)
     _one_of("router", model.router, ROUTERS)
     _one_of("contrastive_head", model.contrastive_head, CONTRASTIVE_HEADS)
