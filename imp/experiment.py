@@ -35,7 +35,13 @@ import optax
 
 from imp import validation
 from imp.errors import ImpError
-from imp.modeling.model import ImpModel, check_config, check_routing_groups, tokens_per_example
+from imp.modeling.model import (
+    ImpModel,
+    check_config,
+    check_routing_groups,
+    needs_token_grid,
+    tokens_per_example,
+)
 from imp.partitioning.partitioner import Partitioner
 from imp.tasks.spec import CLASSIFICATION, TaskSpec
 from imp.training import train_state
@@ -262,13 +268,14 @@ class Experiment:
             f"{where} ({spec.vocab_size} ids); bind ImpModel.vocab_size >= {spec.vocab_size}",
         )
         validation.require(
-            self.model.attention == "joint"
+            not needs_token_grid(self.model)
             or not spec.drop_rate
             or "vision" not in spec.modalities,
-            f"{where}: DropToken (rate {spec.drop_rate}) removes video tokens, and "
-            f"ImpModel.attention = {self.model.attention!r} attends within frames and along "
-            f"positions of the full token grid; use attention 'joint' or a variant without "
-            f"DropToken (Dataset.image_droptoken / the video droptoken variant)",
+            f"{where}: DropToken (rate {spec.drop_rate}) removes video tokens, and the encoder "
+            f"(ImpModel.attention = {self.model.attention!r}, temporal_layers = "
+            f"{self.model.temporal_layers}) reads them as a full grid of frames and positions; "
+            f"use a joint encoder or a variant without DropToken (Dataset.image_droptoken / "
+            f"the video droptoken variant)",
         )
         for train, label in ((True, "training input"), (False, "evaluation input")):
             try:

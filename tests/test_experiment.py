@@ -70,15 +70,24 @@ def test_a_model_file_alone_is_not_a_run():
         Experiment.from_gin()
 
 
-def test_factorised_attention_refuses_droptoken_and_odd_heads():
-    """ViViT's factorised attentions need the full grid of video tokens, and Model 4 splits
-    the heads in two."""
-    model = MODEL.clone(attention="factorised_self_attention")
+@pytest.mark.parametrize(
+    "factorisation", [dict(attention="factorised_self_attention"), dict(temporal_layers=1)]
+)
+def test_factorised_models_refuse_droptoken(factorisation):
+    """ViViT's factorised models read the full grid of video tokens."""
+    model = MODEL.clone(**factorisation)
     Experiment(tasks=(_task("a"),), model=model)
-    with pytest.raises(ImpError, match="task 'a': DropToken .* ImpModel.attention = 'factoris"):
+    with pytest.raises(ImpError, match="task 'a': DropToken .* reads them as a full grid"):
         Experiment(tasks=(_task("a", drop_rate=0.5),), model=model)
+
+
+def test_factorised_model_options_are_checked():
+    """Model 4 splits the heads in two; Model 2 attends jointly within frames."""
     odd = MODEL.clone(attention="factorised_dot_product", num_heads=1)
     with pytest.raises(ImpError, match="num_heads = 1 must be even"):
         Experiment(tasks=(_task("a"),), model=odd)
     with pytest.raises(ImpError, match="did you mean factorised_dot_product"):
         Experiment(tasks=(_task("a"),), model=MODEL.clone(attention="factorised_dot"))
+    both = MODEL.clone(attention="factorised_dot_product", temporal_layers=2)
+    with pytest.raises(ImpError, match="temporal_layers = 2 .* takes ImpModel.attention = 'joi"):
+        Experiment(tasks=(_task("a"),), model=both)

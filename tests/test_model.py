@@ -65,7 +65,7 @@ def test_scan_equals_unrolled_outputs_and_grads(name):
 
         return model.apply({"params": p}, x, mask), jax.grad(loss)(p)
 
-    ((a, stats_a), g_scan), ((b, stats_b), g_unrolled) = (
+    ((a, _, stats_a), g_scan), ((b, _, stats_b), g_unrolled) = (
         outputs_and_grads(scanned, params),
         outputs_and_grads(unrolled, mapped),
     )
@@ -361,14 +361,45 @@ def test_factorised_self_attention_is_a_frame_step_then_a_position_step():
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("attention", ["factorised_self_attention", "factorised_dot_product"])
-def test_factorised_attention_on_an_image_is_joint_over_space(attention):
-    """A still image is one frame: the space step is joint attention over all its tokens, and
-    a model with the factorised attentions runs every modality."""
-    model = ImpModel(**SMALL, attention=attention, heads=(("digits", 10),))
+@pytest.mark.parametrize(
+    "factorisation",
+    [
+        dict(attention="factorised_self_attention"),
+        dict(attention="factorised_dot_product"),
+        dict(temporal_layers=1),
+    ],
+)
+def test_factorised_models_run_images_videos_and_text(factorisation):
+    """A still image is one frame (its space step is joint attention over all its tokens);
+    every modality runs through the factorised models."""
+    model = ImpModel(**SMALL, **factorisation, heads=(("digits", 10),))
     params = _initialised(model)["params"]
     video = jax.random.normal(jax.random.key(11), (2, 4, 16, 16, 3))
     out = jax.jit(functools.partial(model.apply, head="digits"))(
         {"params": params}, {"vision": video}
     )
     assert out["logits"].shape == (2, 10) and bool(jnp.isfinite(out["logits"]).all())
+
+
+def test_factorised_encoder_is_a_vit_per_frame_then_a_temporal_encoder():
+    """Model 2: each frame's tokens through the spatial encoder alone (a plain image ViT on
+    that frame), averaged, and the frames' tokens through the temporal encoder."""
+    from imp.modeling.factorised_encoder import FactorisedEncoder
+    from imp.modeling.heads import masked_mean
+
+    x = jax.random.normal(jax.random.key(12), (2, 12, 16))
+    spatial, temporal = Encoder(2, 2, 32), Encoder(1, 2, 32)
+    encoder = FactorisedEncoder(spatial, temporal)
+    params = nn.unbox(encoder.init(jax.random.key(0), x, VIDEO_MASK, GRID))["params"]
+    params = _randomised(params, seed=13)
+    tokens, mask, _ = encoder.apply({"params": params}, x, VIDEO_MASK, GRID)
+    frames = []
+    for f in range(GRID[0]):
+        x_f, mask_f = x[:, 4 * f : 4 * f + 4], VIDEO_MASK[:, 4 * f : 4 * f + 4]
+        h, _, _ = spatial.apply({"params": params["spatial"]}, x_f, mask_f)
+        frames.append(masked_mean(h, mask_f))
+    expected, _, _ = temporal.apply(
+        {"params": params["temporal"]}, jnp.stack(frames, 1), jnp.ones((2, 3), bool)
+    )
+    assert tokens.shape == (2, 3, 16) and bool(mask.all())
+    np.testing.assert_allclose(tokens, expected, rtol=1e-4, atol=1e-4)

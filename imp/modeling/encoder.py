@@ -121,9 +121,10 @@ class BlockGroup(nn.Module):
 
 
 class Encoder(nn.Module):
-    """`[batch, length, embed]` tokens with `[batch, length]` mask -> encoded tokens and the
-    routing statistics averaged over MoE layers (empty for a dense encoder). `grid`: the
-    `(frames, space)` layout of video tokens for the factorised `attention`s."""
+    """`[batch, length, embed]` tokens with `[batch, length]` mask -> encoded tokens, their
+    mask (the same) and the routing statistics averaged over MoE layers (empty for a dense
+    encoder). `grid`: the `(frames, space)` layout of video tokens for the factorised
+    `attention`s."""
 
     num_layers: int
     num_heads: int
@@ -139,7 +140,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(
         self, x: jax.Array, mask: jax.Array, grid: tuple[int, int] | None = None
-    ) -> tuple[jax.Array, dict]:
+    ) -> tuple[jax.Array, jax.Array, dict]:
         assert self.remat_policy in REMAT_POLICIES, self.remat_policy  # see `check_config`
         assert self.attention in ATTENTIONS, self.attention
         group = BlockGroup
@@ -177,4 +178,4 @@ class Encoder(nn.Module):
         stats = (
             jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), 0), *layer_stats) if layer_stats else {}
         )
-        return LayerNorm(name="ln_final")(x), stats
+        return LayerNorm(name="ln_final")(x), mask, stats

@@ -61,6 +61,8 @@ def model_info(model: ImpModel) -> dict:
                 "num_experts",
                 "moe_every",
                 "towers",
+                "attention",
+                "temporal_layers",
                 "qk_layernorm",
                 "embed_dim",
                 "contrastive_head",

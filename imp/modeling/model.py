@@ -26,6 +26,7 @@ from imp.modeling.embedders import (
     drop_tokens,
 )
 from imp.modeling.encoder import ATTENTIONS, REMAT_POLICIES, Encoder, layer_plan
+from imp.modeling.factorised_encoder import FactorisedEncoder
 from imp.modeling.heads import (
     HEAD_INITS,
     ClassifierHead,
@@ -115,6 +116,9 @@ class ImpModel(nn.Module):
     # and 4): "joint" space-time attention, IMP's; the factorised forms attend within frames
     # and along positions, and need every token (no DropToken).
     attention: str = "joint"
+    # ViViT's Model 2 (`FactorisedEncoder`) when > 0: `num_layers` spatial layers within each
+    # frame, then this many temporal layers over the frames' average tokens (ViViT-B: 12 + 4).
+    temporal_layers: int = 0
     # `CONTRASTIVE_HEADS`; the MLP heads are `embed_dim` wide inside and out (reference:
     # 1024 and 1024).
     contrastive_head: str = "linear"
@@ -146,17 +150,23 @@ class ImpModel(nn.Module):
             )
         make_encoder = functools.partial(
             Encoder,
-            self.num_layers,
-            self.num_heads,
-            self.mlp_dim,
-            self.scan_layers,
-            self.remat_policy,
-            moe,
-            self.moe_every if moe else 0,
-            self.moe_last,
-            self.qk_layernorm,
-            self.attention,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            scan_layers=self.scan_layers,
+            remat_policy=self.remat_policy,
+            qk_layernorm=self.qk_layernorm,
         )
+        sparse = dict(moe=moe, moe_every=self.moe_every if moe else 0, moe_last=self.moe_last)
+        if self.temporal_layers:
+            make_encoder = functools.partial(
+                FactorisedEncoder,
+                make_encoder(num_layers=self.num_layers, **sparse, parent=None),
+                make_encoder(num_layers=self.temporal_layers, parent=None),
+            )
+        else:
+            make_encoder = functools.partial(
+                make_encoder, num_layers=self.num_layers, attention=self.attention, **sparse
+            )
         assert self.towers in TOWERS, self.towers  # `check_config` names a wrong value
         if self.towers == "shared":
             self.encoder = make_encoder()
@@ -202,12 +212,11 @@ class ImpModel(nn.Module):
         if train and drop_rate > 0.0 and modality != "text":
             tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
         encoder = self.encoder if self.towers == "shared" else self.encoders[modality]
-        tokens, stats = encoder(tokens, mask, self._grid(modality, x.shape[1:]))
-        return tokens, mask, stats
+        return encoder(tokens, mask, self._grid(modality, x.shape[1:]))
 
     def _grid(self, modality: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
         """`(frames, space)` of a video's tokens, for the factorised attentions."""
-        if modality != "vision" or self.attention == "joint":
+        if modality != "vision" or not needs_token_grid(self):
             return None
         frames, height, width = embedders.vision_grid(
             shape[:3], self.vision_patch, self.vision_max_grid
@@ -259,6 +268,11 @@ def _one_of(field: str, value, options) -> None:
         raise ImpError(f"ImpModel.{field} = {value!r} is not known{hint}")
 
 
+def needs_token_grid(model: ImpModel) -> bool:
+    """Whether the encoder reads video tokens as a (frames, space) grid (so no DropToken)."""
+    return model.attention != "joint" or model.temporal_layers > 0
+
+
 def check_config(model: ImpModel) -> None:
     """Every field's type and range, and the constraints between fields; an `ImpError` naming
     the first wrong one."""
@@ -284,6 +298,13 @@ def check_config(model: ImpModel) -> None:
         model.attention != "factorised_dot_product" or model.num_heads % 2 == 0,
         f"ImpModel.attention = 'factorised_dot_product' splits the heads in half (space and "
         f"time): ImpModel.num_heads = {model.num_heads} must be even",
+    )
+    validation.at_least("ImpModel.temporal_layers", model.temporal_layers, 0)
+    validation.require(
+        not model.temporal_layers or model.attention == "joint",
+        f"ImpModel.temporal_layers = {model.temporal_layers} (ViViT's factorised encoder) "
+        f"attends jointly within frames: it takes ImpModel.attention = 'joint', not "
+        f"{model.attention!r}",
     )
     _one_of("head_init", model.head_init, HEAD_INITS)
     _one_of("router", model.router, ROUTERS)
