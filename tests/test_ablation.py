@@ -163,7 +163,8 @@ def test_a_tiny_study_end_to_end_then_resumed(world_dir, tmp_path, capsys, monke
     table = dataclasses.replace(
         table, variants=table.variants[:2], comparisons=table.comparisons[:1]
     )
-    monkeypatch.setitem(studies.STUDIES, "towers", dataclasses.replace(towers, tables=(table,)))
+    towers = dataclasses.replace(towers, tables=(table,), flops_task="digit_images_text")
+    monkeypatch.setitem(studies.STUDIES, "towers", towers)
     flags = [
         f"prepare_demo.data_dir='{world_dir}'",
         f"prepare_demo.num_images={WORLD_IMAGES}",
@@ -198,7 +199,11 @@ def test_a_tiny_study_end_to_end_then_resumed(world_dir, tmp_path, capsys, monke
         assert stats["mean"]["image zero-shot"] == pytest.approx(mean)
         assert stats["std"]["image zero-shot"] == pytest.approx(std)
         assert stats["mean"]["video cls"] is None  # not trained: no value, no NaN
+        assert stats["mean"]["step ms"] is None  # its one step compiled
+        assert stats["gflops"] == pytest.approx(got["variants"]["shared dense"]["gflops"])
+        assert stats["gflops"] > 0
         assert f"| {variant.label} | 1 | " in printed
+        assert f"| {stats['gflops']:.3f} | " in printed
         assert f"{mean:.3f} ± {std:.3f}" in report
     assert [c["verdict"] for c in got["comparisons"]] == [NOT_MEASURED]  # "mean": 5 tasks
     assert f"Study verdict against the paper's claim: **{NOT_MEASURED}**" in report

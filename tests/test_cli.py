@@ -216,3 +216,25 @@ def test_data_demo_writes_a_world_and_refuses_a_folder_it_did_not_make(tmp_path,
     assert "notes.txt" in err
     assert sorted(p.name for p in mine.iterdir()) == ["manifest.json", "notes.txt"]
     assert (mine / "notes.txt").read_text() == "my notes"
+
+
+def test_model_info_of_the_vivit_models(capsys):
+    """ViViT Models 1-4 at demo size: each file selects its model; on the same clip, Model 4
+    (half the heads within frames, half along positions) costs fewer FLOPs than Model 1."""
+    infos = {}
+    for name, attention, temporal in (
+        ("vivit_tiny", "joint", 0),
+        ("vivit_tiny_factorised_encoder", "joint", 1),
+        ("vivit_tiny_factorised_self_attention", "factorised_self_attention", 0),
+        ("vivit_tiny_factorised_dot_product", "factorised_dot_product", 0),
+    ):
+        assert cli.main(["model-info", "--gin_file", f"models/{name}.gin", "--json"]) == 0
+        info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert (info["config"]["attention"], info["config"]["temporal_layers"]) == (
+            attention,
+            temporal,
+        )
+        infos[name] = info
+    model_1, model_4 = infos["vivit_tiny"], infos["vivit_tiny_factorised_dot_product"]
+    assert model_4["flops_per_token"] < model_1["flops_per_token"]
+    assert model_4["total_parameters"] == model_1["total_parameters"]

@@ -49,7 +49,7 @@ def model_info(model: ImpModel) -> dict:
     return {
         "total_parameters": sum(components.values()),
         "parameters_per_token": ppt,
-        "flops_per_token": _flops_per_token(model, params),
+        "flops_per_token": _flops_per_token(model),
         "components": components,
         "config": {
             f: getattr(model, f)
@@ -73,21 +73,30 @@ def model_info(model: ImpModel) -> dict:
     }
 
 
-def _flops_per_token(model: ImpModel, params) -> float:
-    """Forward FLOPs of encoding one reference clip, per token (XLA cost analysis).
+def _flops_per_token(model: ImpModel) -> float:
+    """Forward FLOPs of encoding one reference clip, per token."""
+    grid = _REFERENCE_GRID
+    clip = tuple(g * p for g, p in zip(grid, model.vision_patch, strict=True))
+    return forward_flops(model, {"vision": (*clip, 3)}) / np.prod(grid)
+
+
+def forward_flops(model: ImpModel, shapes: dict[str, tuple[int, ...]], head: str | None = None):
+    """Forward FLOPs of one example of per-example input `shapes` (modality -> shape, as
+    `TaskSpec.input_shapes` gives), through classifier `head` or the contrastive heads (XLA
+    cost analysis of the lowered graph; nothing is compiled or allocated).
 
     Counted on the unrolled layers: XLA's cost analysis counts a scanned loop body once.
     """
     model = model.clone(scan_layers=False)
     params = nn.unbox(jax.eval_shape(lambda: init_variables(model, jax.random.key(0))))["params"]
-    grid = _REFERENCE_GRID
-    video = jax.ShapeDtypeStruct(
-        (1, *(g * p for g, p in zip(grid, model.vision_patch, strict=True)), 3), jnp.float32
-    )
-    lowered = jax.jit(lambda p, v: model.apply({"params": p}, {"vision": v})).lower(params, video)
-    cost = lowered.cost_analysis()
+    inputs = {
+        m: jax.ShapeDtypeStruct((1, *shape), jnp.int32 if m == "text" else jnp.float32)
+        for m, shape in shapes.items()
+    }
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x, head=head))
+    cost = forward.lower(params, inputs).cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost["flops"]) / np.prod(grid)
+    return float(cost["flops"])
 
 
 def format_table(info: dict) -> str:

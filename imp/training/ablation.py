@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from imp.errors import ImpError
+from imp.tasks.spec import CLASSIFICATION
 from imp.training.studies import Column, Study, Variant
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ AGREES, DISAGREES = "agrees", "disagrees"
 WITHIN_SPREAD = "inconclusive: difference within the spread"
 ONE_SEED = "inconclusive: one seed, no spread measured"
 NOT_MEASURED = "inconclusive: not measured"
+STEP_MS = "step ms"  # median time of a step that did not compile
 SUMMARY = Path("report") / "summary.json"  # what `loop.train` writes last into a run dir
 
 
@@ -209,11 +211,15 @@ def _results(study: Study, runs: list[_Run], summaries: dict, command: str, wall
             for r in by_variant[variant.label]:
                 summary = summaries[(variant.label, r.seed)]
                 values = row(summary, table.columns, str(r.run_dir), _base_names(r.experiment))
-                seeds[r.seed] = values | {"wall seconds": summary["wall_seconds"]}
+                seeds[r.seed] = values | {
+                    "wall seconds": summary["wall_seconds"],
+                    STEP_MS: _median_step_ms(r.run_dir),
+                }
             first = by_variant[variant.label][0].experiment
             variants[variant.label] = {
                 "steps": first.train_steps,
                 "parameters": _parameters(first),
+                "gflops": _gflops(first, study.flops_task),
                 "seeds": seeds,
                 **_stats(seeds),
             }
@@ -224,7 +230,7 @@ def _results(study: Study, runs: list[_Run], summaries: dict, command: str, wall
         tables.append(
             {
                 "title": table.title,
-                "columns": [c.label for c in table.columns] + ["wall seconds"],
+                "columns": [c.label for c in table.columns] + ["wall seconds", STEP_MS],
                 "variants": variants,
                 "comparisons": comparisons,
                 "verdict": overall([c["verdict"] for c in comparisons]),
@@ -240,6 +246,29 @@ def _results(study: Study, runs: list[_Run], summaries: dict, command: str, wall
         "tables": tables,
         "verdict": overall(verdicts),
     }
+
+
+def _median_step_ms(run_dir: Path) -> float | None:
+    """Median milliseconds of the run's steps that did not compile (from `metrics.jsonl`);
+    None when every step compiled."""
+    seconds = {}
+    with (run_dir / "metrics.jsonl").open() as f:
+        for line in f:
+            record = json.loads(line)
+            if "step_seconds" in record and not record.get("compiled", False):
+                seconds[record["step"]] = record["step_seconds"]  # joint steps: one per task
+    return 1000.0 * float(np.median(list(seconds.values()))) if seconds else None
+
+
+def _gflops(experiment, task: str) -> float | None:
+    """Forward GFLOPs of one example of `task` through the experiment's model."""
+    if not task:
+        return None
+    from imp.modeling.info import forward_flops
+
+    spec = experiment.specs[task]
+    head = spec.head if spec.objective in CLASSIFICATION else None
+    return forward_flops(experiment.model, spec.input_shapes(train=False), head) / 1e9
 
 
 def _per_seed(seeds: dict, column: str) -> list[float] | None:
@@ -265,12 +294,17 @@ def format_tables(results: dict) -> str:
     for table in results["tables"]:
         columns = table["columns"]
         lines += [f"### {table['title']}", ""]
-        lines.append("| variant | steps | parameters | " + " | ".join(columns) + " |")
-        lines.append("|---" * (len(columns) + 3) + "|")
+        flops = any(v.get("gflops") is not None for v in table["variants"].values())
+        head = "| variant | steps | parameters | " + ("GFLOPs/example | " if flops else "")
+        lines.append(head + " | ".join(columns) + " |")
+        lines.append("|---" * (len(columns) + 3 + flops) + "|")
         for label, v in table["variants"].items():
             cells = [_cell(v["mean"][c], v["std"][c], c) for c in columns]
+            cost = f"{v['gflops']:.3f} | " if flops else ""
             lines.append(
-                f"| {label} | {v['steps']} | {v['parameters']:,} | " + " | ".join(cells) + " |"
+                f"| {label} | {v['steps']} | {v['parameters']:,} | {cost}"
+                + " | ".join(cells)
+                + " |"
             )
         lines += ["", f"Verdict: **{table['verdict']}**", ""]
         lines += [_comparison_line(table, c) for c in table["comparisons"]]
@@ -279,10 +313,14 @@ def format_tables(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _digits(column: str) -> int:
+    return {"wall seconds": 0, STEP_MS: 1}.get(column, 3)
+
+
 def _cell(mean, std, column: str) -> str:
     if mean is None:
         return "-"
-    digits = 0 if column == "wall seconds" else 3
+    digits = _digits(column)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -305,7 +343,7 @@ def _per_seed_table(table: dict) -> list[str]:
     for label, v in table["variants"].items():
         for seed, values in v["seeds"].items():
             cells = [
-                "-" if values[c] is None else f"{values[c]:.{0 if c == 'wall seconds' else 4}f}"
+                "-" if values[c] is None else f"{values[c]:.{_digits(c) + 1 if _digits(c) else 0}f}"
                 for c in columns
             ]
             lines.append(f"| {label} | {seed} | " + " | ".join(cells) + " |")
@@ -325,8 +363,9 @@ def write_report(study: Study, results: dict, out: Path) -> None:
         "",
         f"{results['seeds']} seed(s) per variant; mean ± standard deviation over seeds (n - 1); "
         "held-out top-1 accuracies; wall seconds of the training loop (seed 0 compiles, later "
-        "seeds read the study's compilation cache). A comparison agrees when the mean ± std "
-        "bars do not overlap and the favoured variant is higher.",
+        "seeds read the study's compilation cache); step ms, the median time of a step that did "
+        "not compile. A comparison agrees when the mean ± std bars do not overlap and the "
+        "favoured variant is higher.",
         "",
         format_tables(results),
         "",
@@ -361,7 +400,7 @@ def plot(results: dict, path: Path) -> None:
     tables = results["tables"]
     fig, axes = plt.subplots(len(tables), 1, figsize=(11, 4.2 * len(tables)), squeeze=False)
     for ax, table in zip(axes[:, 0], tables, strict=True):
-        columns = [c for c in table["columns"] if c != "wall seconds"]
+        columns = [c for c in table["columns"] if c not in ("wall seconds", STEP_MS)]
         width = 0.8 / len(table["variants"])
         for i, (label, v) in enumerate(table["variants"].items()):
             x = np.arange(len(columns)) + (i - (len(table["variants"]) - 1) / 2) * width
