@@ -45,6 +45,7 @@ from imp.modeling.model import (
 from imp.partitioning.partitioner import Partitioner
 from imp.tasks.spec import CLASSIFICATION, TaskSpec
 from imp.training import train_state
+from imp.training.initialise import InitFrom
 from imp.training.optimizer import make_optimizer
 from imp.training.samplers import Sampler, Schedule
 from imp.training.step import TaskLoss
@@ -67,10 +68,12 @@ def _recipe(
     prepare_data: Callable[[], object] | None = None,
     task_options: dict | None = None,
     seed: int = 0,
+    init_from: InitFrom | None = None,
 ) -> dict:
     """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
     hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
-    lr_multiplier, head_name}}` and the seed of initialisation, sampling and data order."""
+    lr_multiplier, head_name}}`, the seed of initialisation, sampling and data order, and
+    another run's checkpoint to start from (`@InitFrom()`, `imp.training.initialise`)."""
     return dict(
         model_dir=model_dir,
         train_steps=train_steps,
@@ -78,6 +81,7 @@ def _recipe(
         prepare_data=prepare_data,
         task_options=task_options,
         seed=seed,
+        init_from=init_from,
     )
 
 
@@ -96,6 +100,7 @@ class Experiment:
     loss: TaskLoss = TaskLoss()
     schedule: Schedule = Schedule()
     seed: int = 0
+    init_from: InitFrom | None = None
     run_dir: Path | None = None
     config: str = ""  # the operative gin config it was built from
     # False for evaluation only (`imp eval`, on any mesh): training batches need not split
@@ -130,6 +135,21 @@ class Experiment:
             self._check_task(spec)
         put("shardings", train_state.state_shardings(self.model, self.tx, self.partitioner))
         put("abstract_state", train_state.abstract(self.shardings, self.model, self.tx))
+        if self.init_from is not None and self.training:
+            validation.require(
+                isinstance(self.init_from, InitFrom),
+                f"Experiment.init_from = {self.init_from!r}: expected @InitFrom()",
+            )
+            if not self.resumes:
+                self.init_from.check(self.abstract_state["params"], self.model.vision_patch[0])
+
+    @property
+    def resumes(self) -> bool:
+        """Whether the run directory holds checkpoints (a run resumes from them)."""
+        checkpoints = self.run_dir / "checkpoints" if self.run_dir else None
+        return bool(checkpoints and checkpoints.is_dir()) and any(
+            p.name.isdigit() for p in checkpoints.iterdir()
+        )
 
     @classmethod
     def from_gin(cls, *, writable: bool = True, training: bool = True, **overrides) -> "Experiment":
@@ -190,6 +210,7 @@ class Experiment:
             learning_rate=learning_rate,
             **parts,
             seed=recipe["seed"],
+            init_from=recipe["init_from"],
             run_dir=run_dir,
             config=gin.operative_config_str(),
             training=training,

@@ -76,6 +76,26 @@ class Checkpointer:
         """`{"params/a/kernel": shape}` of every leaf saved at `step` (metadata only)."""
         return tree_shapes(self._read(step, lambda: self.manager.item_metadata(step)["state"]))
 
+    def specs(self, step: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """`{"params/a/kernel": ShapeDtypeStruct}` of every leaf saved at `step` (metadata
+        only)."""
+        metadata = self._read(step, lambda: self.manager.item_metadata(step)["state"])
+        flat = jax.tree_util.tree_flatten_with_path(dict(metadata))[0]
+        return {_path(p): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for p, leaf in flat}
+
+    def params(self, step: int) -> dict:
+        """The parameters saved at `step` by any model, on this process's first device (the
+        whole state is read: nothing describes it but its metadata)."""
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        metadata = self._read(step, lambda: self.manager.item_metadata(step)["state"])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(metadata)
+        )
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        return self._readable(step, lambda: self.manager.restore(step, args=args))["state"][
+            "params"
+        ]
+
     def check_matches(self, step: int, abstract_state: TrainState) -> None:
         """An `ImpError` naming the first leaf whose shape differs between the checkpoint at
         `step` and `abstract_state` (or that only one of them has)."""
@@ -97,9 +117,7 @@ class Checkpointer:
         try:
             return self._restore(step, abstract_state)
         except _Damaged as damage:
-            raise ImpError(
-                f"checkpoint at step {step} in {self.directory} is unreadable ({damage})"
-            ) from None
+            raise self._unreadable(step, damage) from None
 
     def _restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         self.check_matches(step, abstract_state)
@@ -112,12 +130,7 @@ class Checkpointer:
     def meta(self, step: int) -> dict:
         """The JSON metadata saved with `step`."""
         args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-        try:
-            return self._read(step, lambda: self.manager.restore(step, args=args))["meta"]
-        except _Damaged as damage:
-            raise ImpError(
-                f"checkpoint at step {step} in {self.directory} is unreadable ({damage})"
-            ) from None
+        return self._readable(step, lambda: self.manager.restore(step, args=args))["meta"]
 
     def restore_latest(self, abstract_state: TrainState) -> tuple[int, TrainState, dict] | None:
         """The newest checkpoint that reads back, as `(step, state, meta)`; None without any.
@@ -147,6 +160,16 @@ class Checkpointer:
                 "move them away to start this run over"
             )
         return None
+
+    def _readable(self, step: int, read):
+        """`_read`, with damage reported as an `ImpError`."""
+        try:
+            return self._read(step, read)
+        except _Damaged as damage:
+            raise self._unreadable(step, damage) from None
+
+    def _unreadable(self, step: int, damage: "_Damaged") -> ImpError:
+        return ImpError(f"checkpoint at step {step} in {self.directory} is unreadable ({damage})")
 
     def _read(self, step: int, read):
         """`read()`: damaged data raises `_Damaged`; an I/O error is retried, then reported;

@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from imp import validation
 from imp.data.feeding import TrainStreams
 from imp.errors import ImpError
-from imp.training import report, train_state
+from imp.training import initialise, report, train_state
 from imp.training.checkpoint import BestCheckpoint, Checkpointer
 from imp.training.graph_table import use_persistent_cache
 from imp.training.metrics_writer import MetricsWriter
@@ -208,6 +208,14 @@ def _restore_or_create(experiment: "Experiment", checkpointer: Checkpointer) -> 
         fresh = train_state.create(
             experiment.model, experiment.tx, experiment.partitioner, rng, experiment.shardings
         )
+        if experiment.init_from is not None:
+            params = initialise.initialised_params(
+                experiment.init_from,
+                fresh["params"],
+                experiment.shardings["params"],
+                experiment.model.vision_patch[0],
+            )
+            fresh = {**fresh, "params": params}
         return fresh, 0, {}
     step, state, meta = restored
     log.info("resumed from %s at step %d", checkpointer.directory, step)

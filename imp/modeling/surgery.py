@@ -1,0 +1,184 @@
+"""Parameters of one model carried into another of a different shape (seed 001: how ViViT and
+PolyViT start from image checkpoints; `imp.training.initialise` applies it to a run).
+
+Parameters are flat dicts `{"embedders_vision/tubelet/kernel": array}` (`flatten`). `transfer`
+takes a target model's parameters from a source's: equal shapes are copied; a tubelet kernel
+of another depth goes through the source's 2D image kernel (`image_kernel`) and one of the
+`TUBELET_INITS`; a position table of another length is interpolated (`resize_positions`);
+scanned and unrolled layer layouts are converted (`to_layout`); what the source lacks (a new
+head, a new modality) keeps the target's initialisation, and what the target lacks is
+dropped, and so is a classifier head of another class count. The report says which parameter
+went which way.
+"""
+
+import re
+
+import jax
+import numpy as np
+
+from imp.errors import ImpError
+
+# Seed 001 (ViViT §3.4): "inflate" repeats the image kernel over the tubelet's frames and
+# divides by their number (an I3D-style average); "central_frame" puts it at the middle frame
+# and zeros elsewhere. On a static video both give the image model's patch embedding.
+TUBELET_INITS = ("inflate", "central_frame")
+
+_TUBELET = "embedders_vision/tubelet/kernel"
+_POSITIONS = re.compile(r"^embedders_\w+/pos/axis_\d+$")
+_SCANNED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)/(.+)$")
+_UNROLLED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)_(\d+)/(.+)$")
+
+
+def flatten(params) -> dict[str, np.ndarray]:
+    """`{"a/b/kernel": array}` of a nested parameter dict."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        flat["/".join(str(getattr(p, "key", p)) for p in path)] = leaf
+    return flat
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    nested: dict = {}
+    for name, leaf in flat.items():
+        *parents, last = name.split("/")
+        node = nested
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = leaf
+    return nested
+
+
+def image_kernel(kernel: np.ndarray, depth: int) -> np.ndarray:
+    """A tubelet kernel `[depth * ph * pw * 3, d]` (rows in (t, h, w, channel) order, as
+    `VisionEmbedder` flattens tubelets) -> the 2D kernel `[ph * pw * 3, d]` that embeds a still
+    image the same way: the frames' kernels summed (a still image fills every frame)."""
+    return np.asarray(kernel).reshape(depth, -1, kernel.shape[-1]).sum(0)
+
+
+def tubelet_kernel(kernel_2d: np.ndarray, depth: int, init: str) -> np.ndarray:
+    """A 2D kernel `[ph * pw * 3, d]` -> a tubelet kernel `[depth * ph * pw * 3, d]` by one of
+    `TUBELET_INITS`."""
+    if init not in TUBELET_INITS:
+        raise ImpError(f"tubelet initialiser {init!r} is not one of {TUBELET_INITS}")
+    kernel_2d = np.asarray(kernel_2d)
+    if init == "inflate":
+        frames = np.repeat(kernel_2d[None], depth, axis=0) / depth
+    else:
+        frames = np.zeros((depth, *kernel_2d.shape), kernel_2d.dtype)
+        frames[depth // 2] = kernel_2d
+    return frames.reshape(-1, kernel_2d.shape[-1])
+
+
+def resize_positions(table: np.ndarray, size: int) -> np.ndarray:
+    """A position table `[n, d]` of one axis -> `[size, d]`, linearly interpolated between the
+    centres of the rows (each row covers an equal share of the axis, `position_buckets`);
+    beyond the outer centres the outer rows are kept."""
+    table = np.asarray(table, np.float32)
+    old = (np.arange(len(table)) + 0.5) / len(table)
+    new = (np.arange(size) + 0.5) / size
+    return np.stack([np.interp(new, old, column) for column in table.T], axis=1)
+
+
+def _stack(leaves: list):
+    if isinstance(leaves[0], jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((len(leaves), *leaves[0].shape), leaves[0].dtype)
+    return np.stack([np.asarray(leaf) for leaf in leaves])
+
+
+def _unstack(leaf) -> list:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return [jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)] * leaf.shape[0]
+    return list(np.asarray(leaf))
+
+
+def to_layout(flat: dict, scanned: bool) -> dict:
+    """Encoder layers stacked along a leading axis (`encoder/segment_j/...`, `nn.scan`) or one
+    entry per layer (`encoder/segment_j_r/...`), converted to `scanned`. Leaves are arrays or
+    `jax.ShapeDtypeStruct`s."""
+    out = {}
+    if scanned:
+        stacks: dict[str, dict[int, object]] = {}
+        for name, leaf in flat.items():
+            match = _UNROLLED.match(name)
+            if match is None:
+                out[name] = leaf
+                continue
+            prefix, segment, repeat, rest = match.groups()
+            stacks.setdefault(f"{prefix}/segment_{segment}/{rest}", {})[int(repeat)] = leaf
+        for name, layers in stacks.items():
+            out[name] = _stack([layers[r] for r in sorted(layers)])
+        return out
+    for name, leaf in flat.items():
+        match = _SCANNED.match(name)
+        if match is None:
+            out[name] = leaf
+            continue
+        prefix, segment, rest = match.groups()
+        for r, layer in enumerate(_unstack(leaf)):
+            out[f"{prefix}/segment_{segment}_{r}/{rest}"] = layer
+    return out
+
+
+def plan(target: dict, source: dict, target_depth: int) -> dict[str, str]:
+    """How each target parameter is filled from `source` (flat; arrays or
+    `ShapeDtypeStruct`s, `source` already in the target's layout): "copy", "tubelet",
+    "positions" or "keep" (the target's initialisation). A parameter both have with shapes
+    that no rule converts is an `ImpError` naming it."""
+    rules = {}
+    for name, init in target.items():
+        if name not in source:
+            rules[name] = "keep"
+            continue
+        have, want = tuple(source[name].shape), tuple(init.shape)
+        if have == want:
+            rules[name] = "copy"
+        elif name.startswith("classifiers_"):  # a head of another class count starts afresh
+            rules[name] = "keep"
+        elif name == _TUBELET and have[1:] == want[1:] and have[0] % (want[0] // target_depth) == 0:
+            rules[name] = "tubelet"
+        elif _POSITIONS.match(name) and have[1:] == want[1:]:
+            rules[name] = "positions"
+        else:
+            raise ImpError(
+                f"parameter {name} is {have} in the source and {want} in the configured "
+                "model, and no rule converts it (tubelet depth, position table length, layer "
+                "layout and classifier heads are converted)"
+            )
+    return rules
+
+
+def match(target: dict, source: dict, target_depth: int) -> tuple[dict, dict[str, str]]:
+    """`source` in the target's layer layout, and the `plan` of each target parameter."""
+    source = to_layout(source, scanned=any(_SCANNED.match(n) for n in target))
+    return source, plan(target, source, target_depth)
+
+
+def transfer(
+    target: dict,
+    source: dict[str, np.ndarray],
+    target_depth: int,
+    tubelet_init: str = "central_frame",
+) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+    """The values of the target's parameters (flat; arrays or `ShapeDtypeStruct`s) that come
+    from `source`, copied or converted (`plan`); those left out keep the target's own
+    initialisation. And a report `{"copied", "converted", "kept", "dropped"}` of names.
+
+    `target_depth` is the target's tubelet depth (`vision_patch[0]`); the source's follows
+    from its tubelet kernel (the two share the patch's height and width).
+    """
+    source, rules = match(target, source, target_depth)
+    values, report = {}, {"copied": [], "converted": [], "kept": [], "dropped": []}
+    for name, rule in rules.items():
+        if rule == "keep":
+            report["kept"].append(name)
+            continue
+        want, value = target[name], np.asarray(source[name])
+        if rule == "tubelet":
+            source_depth = value.shape[0] // (want.shape[0] // target_depth)
+            value = tubelet_kernel(image_kernel(value, source_depth), target_depth, tubelet_init)
+        elif rule == "positions":
+            value = resize_positions(value, want.shape[0])
+        values[name] = value.astype(want.dtype)
+        report["copied" if rule == "copy" else "converted"].append(name)
+    report["dropped"] = sorted(set(source) - set(target))
+    return values, report
