@@ -294,9 +294,9 @@ class Experiment:
             or "vision" not in spec.modalities,
             f"{where}: DropToken (rate {spec.drop_rate}) removes video tokens, and the encoder "
             f"(ImpModel.attention = {self.model.attention!r}, temporal_layers = "
-            f"{self.model.temporal_layers}) reads them as a full grid of frames and positions; "
-            f"use a joint encoder or a variant without DropToken (Dataset.image_droptoken / "
-            f"the video droptoken variant)",
+            f"{self.model.temporal_layers}, token_learner = {self.model.token_learner!r}) reads "
+            f"them as a full grid of frames and positions; use a joint encoder or a variant "
+            f"without DropToken (Dataset.image_droptoken / the video droptoken variant)",
         )
         for train, label in ((True, "training input"), (False, "evaluation input")):
             try:

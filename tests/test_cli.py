@@ -218,9 +218,10 @@ def test_data_demo_writes_a_world_and_refuses_a_folder_it_did_not_make(tmp_path,
     assert (mine / "notes.txt").read_text() == "my notes"
 
 
-def test_model_info_of_the_vivit_models(capsys):
+def test_model_info_of_the_video_encoders(capsys):
     """ViViT Models 1-4 at demo size: each file selects its model; on the same clip, Model 4
-    (half the heads within frames, half along positions) costs fewer FLOPs than Model 1."""
+    (half the heads within frames, half along positions) costs fewer FLOPs than Model 1, and
+    a TokenLearner at the middle layer about half."""
     infos = {}
     for name, attention, temporal in (
         ("vivit_tiny", "joint", 0),
@@ -238,3 +239,8 @@ def test_model_info_of_the_vivit_models(capsys):
     model_1, model_4 = infos["vivit_tiny"], infos["vivit_tiny_factorised_dot_product"]
     assert model_4["flops_per_token"] < model_1["flops_per_token"]
     assert model_4["total_parameters"] == model_1["total_parameters"]
+    # TokenLearner after layer 2 of 4: the later layers see 8 tokens a frame, not 256.
+    assert cli.main(["model-info", "--gin_file", "models/token_learner_tiny.gin", "--json"]) == 0
+    learned = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert learned["config"]["token_learner"] == "v1.1"
+    assert 0.4 < learned["flops_per_token"] / model_1["flops_per_token"] < 0.6

@@ -71,10 +71,15 @@ def test_a_model_file_alone_is_not_a_run():
 
 
 @pytest.mark.parametrize(
-    "factorisation", [dict(attention="factorised_self_attention"), dict(temporal_layers=1)]
+    "factorisation",
+    [
+        dict(attention="factorised_self_attention"),
+        dict(temporal_layers=1),
+        dict(token_learner="v1", token_learner_layer=1, num_layers=2),
+    ],
 )
 def test_factorised_models_refuse_droptoken(factorisation):
-    """ViViT's factorised models read the full grid of video tokens."""
+    """ViViT's factorised models and TokenLearner read the full grid of video tokens."""
     model = MODEL.clone(**factorisation)
     Experiment(tasks=(_task("a"),), model=model)
     with pytest.raises(ImpError, match="task 'a': DropToken .* reads them as a full grid"):

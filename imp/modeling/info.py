@@ -63,6 +63,8 @@ def model_info(model: ImpModel) -> dict:
                 "towers",
                 "attention",
                 "temporal_layers",
+                "token_learner",
+                "token_learner_layer",
                 "qk_layernorm",
                 "embed_dim",
                 "contrastive_head",

@@ -35,6 +35,8 @@ from imp.modeling.heads import (
     masked_mean,
 )
 from imp.modeling.moe import ROUTERS, MoeConfig, num_groups
+from imp.modeling.token_learner import VERSIONS as TOKEN_LEARNERS
+from imp.modeling.token_learner import TokenLearnerEncoder
 
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
 PAIRS = tuple(itertools.combinations(sorted(MODALITIES), 2))  # unordered, names sorted
@@ -119,6 +121,14 @@ class ImpModel(nn.Module):
     # ViViT's Model 2 (`FactorisedEncoder`) when > 0: `num_layers` spatial layers within each
     # frame, then this many temporal layers over the frames' average tokens (ViViT-B: 12 + 4).
     temporal_layers: int = 0
+    # TokenLearner (seed 001) after encoder layer `token_learner_layer`: "none", "v1" or
+    # "v1.1" (`token_learner.VERSIONS`); each frame's tokens become `token_learner_tokens`
+    # learned tokens for the later layers, and with `token_fuser` they are fused back onto the
+    # frame's tokens at the end.
+    token_learner: str = "none"
+    token_learner_layer: int = 0
+    token_learner_tokens: int = 8
+    token_fuser: bool = False
     # `CONTRASTIVE_HEADS`; the MLP heads are `embed_dim` wide inside and out (reference:
     # 1024 and 1024).
     contrastive_head: str = "linear"
@@ -162,6 +172,21 @@ class ImpModel(nn.Module):
                 FactorisedEncoder,
                 make_encoder(num_layers=self.num_layers, **sparse, parent=None),
                 make_encoder(num_layers=self.temporal_layers, parent=None),
+            )
+        elif self.token_learner != "none":
+            k = self.token_learner_layer
+            make_encoder = functools.partial(
+                TokenLearnerEncoder,
+                make_encoder(num_layers=k, attention=self.attention, **sparse, parent=None),
+                make_encoder(
+                    num_layers=self.num_layers - k,
+                    attention=self.attention,
+                    **sparse,
+                    parent=None,
+                ),
+                self.token_learner_tokens,
+                self.token_learner,
+                self.token_fuser,
             )
         else:
             make_encoder = functools.partial(
@@ -269,8 +294,9 @@ def _one_of(field: str, value, options) -> None:
 
 
 def needs_token_grid(model: ImpModel) -> bool:
-    """Whether the encoder reads video tokens as a (frames, space) grid (so no DropToken)."""
-    return model.attention != "joint" or model.temporal_layers > 0
+    """Whether the encoder reads video tokens as a (frames, space) grid (so no DropToken):
+    ViViT's factorised models and TokenLearner work frame by frame."""
+    return model.attention != "joint" or model.temporal_layers > 0 or model.token_learner != "none"
 
 
 def check_config(model: ImpModel) -> None:
@@ -299,6 +325,21 @@ def check_config(model: ImpModel) -> None:
         f"ImpModel.attention = 'factorised_dot_product' splits the heads in half (space and "
         f"time): ImpModel.num_heads = {model.num_heads} must be even",
     )
+    _one_of("token_learner", model.token_learner, ("none", *TOKEN_LEARNERS))
+    if model.token_learner != "none":
+        validation.require(
+            isinstance(model.token_learner_layer, int)
+            and 1 <= model.token_learner_layer < model.num_layers,
+            f"ImpModel.token_learner_layer = {model.token_learner_layer!r}: the TokenLearner "
+            f"goes after one of layers 1 .. {model.num_layers - 1} (ImpModel.num_layers = "
+            f"{model.num_layers})",
+        )
+        validation.at_least("ImpModel.token_learner_tokens", model.token_learner_tokens, 1)
+        validation.require(
+            not model.temporal_layers,
+            "ImpModel.token_learner goes into a joint or factorised-attention encoder, not "
+            "the factorised encoder (ImpModel.temporal_layers)",
+        )
     validation.at_least("ImpModel.temporal_layers", model.temporal_layers, 0)
     validation.require(
         not model.temporal_layers or model.attention == "joint",
@@ -321,10 +362,15 @@ def check_config(model: ImpModel) -> None:
             1 <= model.top_k <= model.num_experts,
             f"ImpModel.top_k = {model.top_k} must lie in [1, num_experts = {model.num_experts}]",
         )
+        parts = [model.num_layers]
+        if model.token_learner != "none":
+            parts = [model.token_learner_layer, model.num_layers - model.token_learner_layer]
         try:
-            layer_plan(model.num_layers, model.moe_every, model.moe_last)
+            for layers in parts:
+                layer_plan(layers, model.moe_every, model.moe_last)
         except ValueError as error:
-            raise ImpError(f"ImpModel MoE layers: {error}") from None
+            where = " (the layers before and after the TokenLearner)" if len(parts) > 1 else ""
+            raise ImpError(f"ImpModel MoE layers{where}: {error}") from None
 
 
 def tokens_per_example(

@@ -285,7 +285,8 @@ _SCHEDULES = Study(
 _FACTORISED_ENCODER = "Model 2: factorised encoder"
 _VIDEO_ENCODERS = Study(
     "video_encoders",
-    "seed 001: ViViT Models 1-4 (joint, factorised encoder, self-attention, dot-product)",
+    "seed 001: ViViT Models 1-4 (joint, factorised encoder, self-attention, dot-product), "
+    "TokenLearner",
     "seed 001 (ViViT): on a small video data set the factorised encoder (Model 2) works best, "
     "as it overfits less; the unfactorised Model 1 needs the most computation.",
     (
@@ -305,6 +306,15 @@ _VIDEO_ENCODERS = Study(
                 Variant(
                     "Model 4: factorised dot-product",
                     ("ImpModel.attention = 'factorised_dot_product'",),
+                ),
+                # 8 learned tokens for each frame's 16 after layer 2 of 4.
+                Variant(
+                    "Model 1 + TokenLearner at layer 2",
+                    (
+                        "ImpModel.token_learner = 'v1.1'",
+                        "ImpModel.token_learner_layer = 2",
+                        "ImpModel.token_learner_tokens = 8",
+                    ),
                 ),
             ),
             (Column("video cls", "top1", ("digit_videos_cls",)),),
