@@ -22,7 +22,7 @@ def _params(model):
     return nn.unbox(jax.jit(functools.partial(init_variables, model))(jax.random.key(0)))["params"]
 
 
-@pytest.mark.parametrize("init", surgery.TUBELET_INITS)
+@pytest.mark.parametrize("init", ["inflate", "central_frame"])
 def test_a_static_video_gets_the_image_models_patch_embedding(init):
     """Seed 001: on a video of one image repeated, either initialiser gives every temporal
     tubelet exactly the image model's embedding of that image (positions left out)."""
@@ -120,6 +120,8 @@ def test_an_image_model_carried_into_a_video_model_sees_images_the_same():
     longer = surgery.flatten(_params(target_model.clone(vision_max_grid=(8, 4, 4))))
     _, report = surgery.transfer(longer, source, 4)
     assert "embedders_vision/pos/axis_0" in report["converted"]
+    _, report = surgery.transfer(target, source, 4, "random")  # ViViT's baseline
+    assert "embedders_vision/tubelet/kernel" in report["kept"]
 
 
 def test_a_shape_no_rule_converts_is_named():

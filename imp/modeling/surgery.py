@@ -21,7 +21,8 @@ from imp.errors import ImpError
 # Seed 001 (ViViT §3.4): "inflate" repeats the image kernel over the tubelet's frames and
 # divides by their number (an I3D-style average); "central_frame" puts it at the middle frame
 # and zeros elsewhere. On a static video both give the image model's patch embedding.
-TUBELET_INITS = ("inflate", "central_frame")
+# "random" keeps the configured model's own initialisation (ViViT's baseline).
+TUBELET_INITS = ("inflate", "central_frame", "random")
 
 _TUBELET = "embedders_vision/tubelet/kernel"
 _POSITIONS = re.compile(r"^embedders_\w+/pos/axis_\d+$")
@@ -58,8 +59,8 @@ def image_kernel(kernel: np.ndarray, depth: int) -> np.ndarray:
 def tubelet_kernel(kernel_2d: np.ndarray, depth: int, init: str) -> np.ndarray:
     """A 2D kernel `[ph * pw * 3, d]` -> a tubelet kernel `[depth * ph * pw * 3, d]` by one of
     `TUBELET_INITS`."""
-    if init not in TUBELET_INITS:
-        raise ImpError(f"tubelet initialiser {init!r} is not one of {TUBELET_INITS}")
+    if init not in TUBELET_INITS[:2]:
+        raise ImpError(f"tubelet initialiser {init!r} is not one of {TUBELET_INITS[:2]}")
     kernel_2d = np.asarray(kernel_2d)
     if init == "inflate":
         frames = np.repeat(kernel_2d[None], depth, axis=0) / depth
@@ -169,7 +170,7 @@ def transfer(
     source, rules = match(target, source, target_depth)
     values, report = {}, {"copied": [], "converted": [], "kept": [], "dropped": []}
     for name, rule in rules.items():
-        if rule == "keep":
+        if rule == "keep" or (rule == "tubelet" and tubelet_init == "random"):
             report["kept"].append(name)
             continue
         want, value = target[name], np.asarray(source[name])
