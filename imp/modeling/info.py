@@ -65,6 +65,7 @@ def model_info(model: ImpModel) -> dict:
                 "temporal_layers",
                 "token_learner",
                 "token_learner_layer",
+                "views",
                 "qk_layernorm",
                 "embed_dim",
                 "contrastive_head",

@@ -35,6 +35,7 @@ from imp.modeling.heads import (
     masked_mean,
 )
 from imp.modeling.moe import ROUTERS, MoeConfig, num_groups
+from imp.modeling.multiview import MultiviewEmbedder
 from imp.modeling.token_learner import VERSIONS as TOKEN_LEARNERS
 from imp.modeling.token_learner import TokenLearnerEncoder
 
@@ -129,6 +130,14 @@ class ImpModel(nn.Module):
     token_learner_layer: int = 0
     token_learner_tokens: int = 8
     token_fuser: bool = False
+    # Multiview Transformer (seed 001, MTV) when `views` is set: one tubelet size per view,
+    # fewest tokens first (e.g. ((8, 8, 8), (4, 8, 8), (2, 8, 8))), each view with its own
+    # encoder of width `view_widths[i]` and `view_layers` layers and cross-view attention;
+    # the views' frame tokens feed the shared encoder (`multiview`). `vision_patch` is then
+    # unused.
+    views: tuple[tuple[int, int, int], ...] = ()
+    view_widths: tuple[int, ...] = ()
+    view_layers: int = 0
     # `CONTRASTIVE_HEADS`; the MLP heads are `embed_dim` wide inside and out (reference:
     # 1024 and 1024).
     contrastive_head: str = "linear"
@@ -138,8 +147,20 @@ class ImpModel(nn.Module):
     temperature_init: float = 0.2
 
     def setup(self):
+        vision = VisionEmbedder(self.d_model, self.vision_patch, self.vision_max_grid)
+        if self.views:
+            vision = MultiviewEmbedder(
+                self.d_model,
+                tuple(tuple(p) for p in self.views),
+                tuple(self.view_widths),
+                self.view_layers,
+                self.d_model // self.num_heads,
+                self.vision_max_grid,
+                self.scan_layers,
+                self.remat_policy,
+            )
         self.embedders = {
-            "vision": VisionEmbedder(self.d_model, self.vision_patch, self.vision_max_grid),
+            "vision": vision,
             "waveform": WaveformEmbedder(
                 self.d_model, self.waveform_patch, self.max_waveform_patches
             ),
@@ -341,6 +362,8 @@ def check_config(model: ImpModel) -> None:
             "the factorised encoder (ImpModel.temporal_layers)",
         )
     validation.at_least("ImpModel.temporal_layers", model.temporal_layers, 0)
+    if model.views:
+        _check_views(model)
     validation.require(
         not model.temporal_layers or model.attention == "joint",
         f"ImpModel.temporal_layers = {model.temporal_layers} (ViViT's factorised encoder) "
@@ -373,6 +396,41 @@ def check_config(model: ImpModel) -> None:
             raise ImpError(f"ImpModel MoE layers{where}: {error}") from None
 
 
+def _check_views(model: ImpModel) -> None:
+    views, widths = model.views, model.view_widths
+    validation.require(
+        all(len(p) == 3 and min(p) >= 1 for p in views),
+        f"ImpModel.views = {views}: each view is a tubelet size (frames, height, width)",
+    )
+    validation.require(
+        len(widths) == len(views),
+        f"ImpModel.view_widths = {widths}: one width per view of ImpModel.views ({len(views)})",
+    )
+    head_dim = model.d_model // model.num_heads
+    validation.require(
+        all(isinstance(w, int) and w >= head_dim and w % head_dim == 0 for w in widths),
+        f"ImpModel.view_widths = {widths}: each a multiple of the head width {head_dim} "
+        f"(ImpModel.d_model / num_heads)",
+    )
+    validation.at_least("ImpModel.view_layers", model.view_layers, 1)
+    depths = [p[0] for p in views]
+    validation.require(
+        all(a % b == 0 and a > b for a, b in itertools.pairwise(depths)),
+        f"ImpModel.views = {views}: fewest tokens first, each view's tubelet depth a multiple "
+        "of the next one's (a frame of view i spans whole frames of view i+1)",
+    )
+    validation.require(
+        len({p[1:] for p in views}) == 1,
+        f"ImpModel.views = {views}: the views share the tubelet's height and width (they "
+        "differ in time, as MTV's B/2 + S/4 + Ti/8)",
+    )
+    validation.require(
+        model.attention == "joint" and not model.temporal_layers and model.token_learner == "none",
+        "ImpModel.views (MTV) feeds the shared encoder the views' frame tokens: it takes "
+        "attention 'joint', no temporal_layers and no token_learner",
+    )
+
+
 def tokens_per_example(
     model: ImpModel, shapes: dict[str, tuple[int, ...]], drop_rate: float = 0.0
 ) -> dict[str, int]:
@@ -381,7 +439,12 @@ def tokens_per_example(
     not fit the model: not divisible by its patch, past a position table, text too long."""
     tokens = {}
     for modality, shape in shapes.items():
-        if modality == "vision":
+        if modality == "vision" and model.views:
+            grids = [
+                embedders.vision_grid(shape[:3], p, model.vision_max_grid) for p in model.views
+            ]
+            grid = (sum(g[0] for g in grids),)  # the views' frame tokens
+        elif modality == "vision":
             grid = embedders.vision_grid(shape[:3], model.vision_patch, model.vision_max_grid)
         elif modality == "waveform":
             grid = (
@@ -417,7 +480,7 @@ def check_routing_groups(model: ImpModel, tokens: int, where: str) -> None:
 
 def dummy_inputs(model: ImpModel, batch: int = 1) -> dict[str, jax.Array]:
     """Smallest inputs that exercise every embedder."""
-    pt, ph, pw = model.vision_patch
+    pt, ph, pw = model.views[0] if model.views else model.vision_patch
     return {
         "vision": jnp.zeros((batch, pt, ph, pw, 3), jnp.float32),
         "waveform": jnp.zeros((batch, model.waveform_patch), jnp.float32),

@@ -286,7 +286,7 @@ _FACTORISED_ENCODER = "Model 2: factorised encoder"
 _VIDEO_ENCODERS = Study(
     "video_encoders",
     "seed 001: ViViT Models 1-4 (joint, factorised encoder, self-attention, dot-product), "
-    "TokenLearner",
+    "TokenLearner, MTV",
     "seed 001 (ViViT): on a small video data set the factorised encoder (Model 2) works best, "
     "as it overfits less; the unfactorised Model 1 needs the most computation.",
     (
@@ -314,6 +314,16 @@ _VIDEO_ENCODERS = Study(
                         "ImpModel.token_learner = 'v1.1'",
                         "ImpModel.token_learner_layer = 2",
                         "ImpModel.token_learner_tokens = 8",
+                    ),
+                ),
+                # models/mtv_tiny.gin: 3 views, then a 1-layer global encoder.
+                Variant(
+                    "MTV: views of 8, 4 and 2 frames",
+                    (
+                        "ImpModel.views = ((8, 8, 8), (4, 8, 8), (2, 8, 8))",
+                        "ImpModel.view_widths = (32, 64, 128)",
+                        "ImpModel.view_layers = 3",
+                        "ImpModel.num_layers = 1",
                     ),
                 ),
             ),
