@@ -80,7 +80,10 @@ class Dataset:
     text_length: int = 16
     train_split: str = "train"
     eval_split: str = "validation"
+    # Multi-view evaluation (seed 001's 4 x 3 views): evenly spaced clips x spatial crops
+    # along the frame (`preprocessing.spatial_crops`), their predictions averaged.
     eval_clips: int = 1
+    eval_crops: int = 1
     # Evaluation resolution; 0 = the training height / width (factorised position tables
     # serve any grid up to `ImpModel.vision_max_grid`).
     eval_height: int = 0
@@ -135,9 +138,9 @@ def register_dataset(dataset: Dataset) -> list[tuple[TaskSpec, float]]:
         eval_task,
         source,
         [functools.partial(_eval_example, source=dataset, vocabulary=vocabulary)],
-        _output_features(vocabulary, clips=dataset.eval_clips),
+        _output_features(vocabulary, views=dataset.eval_clips * dataset.eval_crops),
     )
-    features = _output_features(vocabulary, clips=1)
+    features = _output_features(vocabulary, views=1)
     num_train = _num_examples(dataset, source)
     weight = dataset.weight or num_train
     registered = []
@@ -233,7 +236,7 @@ def _shapes(dataset: Dataset, vocabulary) -> dict:
         # Variants train at other sizes; every one evaluates on the data set's evaluation Task.
         eval_height=dataset.eval_height or dataset.height,
         eval_width=dataset.eval_width or dataset.width,
-        eval_clips=dataset.eval_clips,
+        eval_views=dataset.eval_clips * dataset.eval_crops,
     )
 
 
@@ -254,6 +257,7 @@ def _check(dataset: Dataset) -> None:
         "width",
         "frame_tokens",
         "eval_clips",
+        "eval_crops",
         "mel_bins",
         "mel_frame_length",
         "mel_frame_step",
@@ -299,11 +303,11 @@ def _vocabulary(dataset: Dataset) -> seqio.Vocabulary | None:
     return seqio.SentencePieceVocabulary(dataset.vocabulary)
 
 
-def _output_features(vocabulary, clips: int) -> dict[str, seqio.Feature]:
+def _output_features(vocabulary, views: int) -> dict[str, seqio.Feature]:
     """Every Task declares every feature (a seqio Mixture needs equal feature sets); none is
-    required, since each variant produces only its task's inputs. Several evaluation clips
-    add a leading clip axis to the vision and audio features."""
-    extra = int(clips > 1)
+    required, since each variant produces only its task's inputs. Several evaluation views
+    (clips x crops) add a leading view axis to the vision and audio features."""
+    extra = int(views > 1)
 
     def continuous(dtype, rank):
         return seqio.ContinuousFeature(dtype=dtype, rank=rank, required=False)
@@ -359,8 +363,10 @@ def _checked(
 
 
 def _vision(dataset, spec_shape, frames, starts, seed) -> tf.Tensor:
-    """Sampled, cropped clips `[clips, T, H, W, 3]` in [-1, 1] from `[frames]` JPEG bytes or
-    `[frames, H, W, 3]` pixels. A video shorter than a clip loops, as in DMVR."""
+    """Sampled, cropped clips `[views, T, H, W, 3]` in [-1, 1] from `[frames]` JPEG bytes or
+    `[frames, H, W, 3]` pixels: in training one random crop of the one clip; in evaluation
+    `eval_crops` spatial crops of each clip (clip-major). A video shorter than a clip loops, as
+    in DMVR."""
     num_frames, height, width = spec_shape
     total = tf.shape(frames)[0]
     indices = (starts[:, None] + tf.range(num_frames)[None] * dataset.stride) % total
@@ -372,11 +378,13 @@ def _vision(dataset, spec_shape, frames, starts, seed) -> tf.Tensor:
             fn_output_signature=tf.TensorSpec([num_frames, None, None, 3], tf.uint8),
         )
     if seed is None:
+        crops = dataset.eval_crops
         out = tf.map_fn(
-            lambda clip: preprocessing.central_crop(clip, height, width),
+            lambda clip: preprocessing.spatial_crops(clip, height, width, crops),
             clips,
-            fn_output_signature=tf.TensorSpec([num_frames, height, width, 3], tf.float32),
+            fn_output_signature=tf.TensorSpec([crops, num_frames, height, width, 3], tf.float32),
         )
+        out = tf.reshape(out, [-1, num_frames, height, width, 3])
     else:
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         clip = preprocessing.random_resized_crop(
@@ -478,23 +486,23 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
     example, source_file = _read(dataset, element, bool(used & set(AUDIO)))
     labelled = next((o for o in CLASSIFICATION if o in objectives), None)
     example = _checked(dataset, example, source_file, tuple(used), labelled)
-    clips = dataset.eval_clips
+    clips, crops = dataset.eval_clips, dataset.eval_crops
     starts = preprocessing.clip_starts(
         tf.shape(example["frames"])[0], dataset.frames, dataset.stride, clips, None
     )
 
-    def per_clip(x):
-        return x if clips > 1 else x[0]
+    def per_view(x):  # [clips * crops, ...], or one view without the leading axis
+        return x if clips * crops > 1 else x[0]
 
     out = {}
     if "vision" in used:
         height, width = dataset.eval_height or dataset.height, dataset.eval_width or dataset.width
         shape = (dataset.frames, height, width)
-        out["vision"] = per_clip(_vision(dataset, shape, example["frames"], starts, None))
+        out["vision"] = per_view(_vision(dataset, shape, example["frames"], starts, None))
     if used & set(AUDIO):
-        out.update(
-            {m: per_clip(v) for m, v in _audio(dataset, example["waveform"], starts).items()}
-        )
+        audio = _audio(dataset, example["waveform"], starts).items()
+        # Every spatial crop of a clip hears that clip's sound.
+        out.update({m: per_view(tf.repeat(v, crops, axis=0)) for m, v in audio})
     if "text" in used:
         tokens = vocabulary.encode_tf(example["captions"][: dataset.max_captions])
         out["captions"] = tokens.to_tensor(shape=[dataset.max_captions, dataset.text_length])

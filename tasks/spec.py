@@ -41,7 +41,7 @@ class TaskSpec:
     eval_split: str = "validation"
     eval_height: int = 0  # evaluation frame size; 0 = `height` / `width`
     eval_width: int = 0
-    eval_clips: int = 1  # clips per evaluation example, averaged
+    eval_views: int = 1  # views (clips x spatial crops) per evaluation example, averaged
     loss_weight: float = 1.0
     lr_multiplier: float = 1.0
     head_name: str = ""  # the classifier head; "" = one per data set

@@ -133,6 +133,21 @@ def test_multi_clip_eval_takes_evenly_spaced_clips(tmp_path):
     )
 
 
+def test_multi_view_eval_takes_spatial_crops_of_each_clip(tmp_path):
+    """2 clips x 3 crops of a 16x32 video at 16x16: clip-major views; the crops start at
+    columns 0, 8 and 16 (left, centre, right)."""
+    columns = np.arange(32, dtype=np.uint8)[None, None, :, None] * 6  # brightness 6 x column
+    frames = np.broadcast_to(columns, (8, 16, 32, 3))
+    record = dmvr.encode(np.ascontiguousarray(frames), labels=[0])
+    dataset = _dataset(
+        tmp_path, [record], frames=2, height=16, width=16, eval_clips=2, eval_crops=3
+    )
+    batch = _eval_batch(dataset)
+    assert batch["vision"].shape == (1, 6, 2, 16, 16, 3)
+    left_columns = (batch["vision"][0, :, 0, 8, 0, 0] + 1.0) * 127.5 / 6  # [views]
+    np.testing.assert_allclose(left_columns, [0, 8, 16, 0, 8, 16], atol=0.5)
+
+
 def test_training_clips_are_random_strided_and_cropped(tmp_path):
     records = [dmvr.encode(_frames(20, size=24), labels=[0]) for _ in range(8)]
     dataset = _dataset(

@@ -1,11 +1,12 @@
 """Per-example preprocessing as TF ops (run inside the tf.data graph, in parallel).
 
 Vision: JPEG frames -> clip sampling (random start in training; central, or several evenly
-spaced clips, in evaluation) -> random resized crop and optional flip in training, central
-crop in evaluation -> values in [-1, 1]. Audio: the waveform window aligned with the sampled
-clip, and its log-mel spectrogram. Text: one random caption in training, all in evaluation.
-Labels: an index, or multi-hot over the classes for multi-label (sigmoid) objectives.
-Randomness comes from stateless seeds, so a stream is reproducible from its seed.
+spaced clips, in evaluation) -> random resized crop and optional flip in training, a central
+crop (or several spatial crops) in evaluation -> values in [-1, 1]. Audio: the waveform window
+aligned with the sampled clip, and its log-mel spectrogram. Text: one random caption in
+training, all in evaluation. Labels: an index, or multi-hot over the classes for multi-label
+(sigmoid) objectives. Randomness comes from stateless seeds, so a stream is reproducible from
+its seed.
 """
 
 import tensorflow as tf
@@ -65,16 +66,31 @@ def random_resized_crop(
     return tf.image.resize(crop, (height, width), antialias=True)
 
 
-def central_crop(frames: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """The largest central box of the target's aspect ratio, resized to `[T, height, width, 3]`
-    float32 in [0, 255]."""
+def spatial_crops(frames: tf.Tensor, height: int, width: int, num_crops: int) -> tf.Tensor:
+    """`num_crops` boxes of the target's aspect ratio, as large as fit, evenly spaced along the
+    frame's room for them (the first at one end, the last at the other; a single one central),
+    each resized: `[num_crops, T, height, width, 3]` float32 in [0, 255]. Three crops along the
+    longer side are the spatial views of ViViT's multi-view evaluation (seed 001)."""
     shape = tf.shape(frames)
     h, w = shape[1], shape[2]
     # Crop height ch and width cw with ch / cw = height / width, as large as fits.
     ch = tf.minimum(h, w * height // width)
     cw = tf.minimum(w, h * width // height)
-    crop = tf.slice(frames, [0, (h - ch) // 2, (w - cw) // 2, 0], [-1, ch, cw, -1])
-    return tf.image.resize(crop, (height, width), antialias=True)
+    fractions = tf.linspace(0.0, 1.0, num_crops) if num_crops > 1 else tf.constant([0.5])
+
+    def offsets(room):
+        return tf.cast(tf.round(fractions * tf.cast(room, tf.float32)), tf.int32)
+
+    boxes = tf.stack([offsets(h - ch), offsets(w - cw)], axis=1)  # [num_crops, 2]
+    return tf.map_fn(
+        lambda box: tf.image.resize(
+            tf.slice(frames, [0, box[0], box[1], 0], [-1, ch, cw, -1]),
+            (height, width),
+            antialias=True,
+        ),
+        boxes,
+        fn_output_signature=tf.TensorSpec([None, height, width, None], tf.float32),
+    )
 
 
 def random_flip(frames: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

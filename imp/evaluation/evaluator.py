@@ -2,7 +2,7 @@
 probes).
 
 Per data set of the run's mixture, on its evaluation Task (central crops; several clips
-averaged when `eval_clips` > 1; every caption):
+and spatial crops averaged when `Dataset.eval_clips` x `eval_crops` > 1; every caption):
 
 * `classification`: top-1 / top-5 of each trained classifier head;
 * `zero_shot`: top-1 / top-5 against class-name prompts embedded by the text tower, with
@@ -88,11 +88,11 @@ def metric_names(spec: TaskSpec, evaluations) -> list[str]:
 
 
 def input_shapes(spec: TaskSpec) -> dict[str, list[int]]:
-    """Per-example shapes of the task's evaluation inputs (clips first when several are
-    averaged): the resolution and clip count the metrics were taken at."""
-    clips = [spec.eval_clips] if spec.eval_clips > 1 else []
+    """Per-example shapes of the task's evaluation inputs (views first when several are
+    averaged): the resolution and view count the metrics were taken at."""
+    views = [spec.eval_views] if spec.eval_views > 1 else []
     return {
-        m: (clips if m != "text" else []) + list(shape)
+        m: (views if m != "text" else []) + list(shape)
         for m, shape in spec.input_shapes(train=False).items()
     }
 
@@ -251,13 +251,11 @@ def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
     out["example_key"] = _example_keys(batch, spec.modalities)
     inputs = {m: batch[m] for m in spec.modalities if m != "text"}
     n = len(next(iter(batch.values())))
-    clips = 1
-    if "vision" in inputs and inputs["vision"].ndim == 6:  # [batch, clips, T, H, W, 3]
-        clips = inputs["vision"].shape[1]
-    flat = {k: v.reshape(n * clips, *v.shape[2:]) if clips > 1 else v for k, v in inputs.items()}
+    views = spec.eval_views  # [batch, views, ...] inputs (every non-text one) when > 1
+    flat = {k: v.reshape(n * views, *v.shape[2:]) if views > 1 else v for k, v in inputs.items()}
     head = spec.head if spec.objective in CLASSIFICATION else None
     for key, value in encoder(flat, head).items():
-        value = value.reshape(n, clips, *value.shape[1:]).mean(1)
+        value = value.reshape(n, views, *value.shape[1:]).mean(1)
         out[key] = metrics.normalise(value) if key.startswith("embedding/") else value
     if "captions" in batch:
         captions = batch["captions"]  # [batch, K, L]; the batch may be empty
