@@ -403,3 +403,31 @@ def test_factorised_encoder_is_a_vit_per_frame_then_a_temporal_encoder():
     )
     assert tokens.shape == (2, 3, 16) and bool(mask.all())
     np.testing.assert_allclose(tokens, expected, rtol=1e-4, atol=1e-4)
+
+
+# The video encoders of seed 001 at test size: each must trace under the mesh's logical axis
+# rules (a parameter's logical names must match its rank as created, e.g. inside DenseGeneral).
+VIDEO_ENCODERS = {
+    "factorised encoder": dict(temporal_layers=1),
+    "factorised self-attention": dict(attention="factorised_self_attention"),
+    "factorised dot-product": dict(attention="factorised_dot_product"),
+    "token learner, fused": dict(token_learner="v1", token_learner_layer=1, token_fuser=True),
+    "mtv": dict(views=((4, 8, 8), (2, 8, 8)), view_widths=(8, 16), view_layers=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VIDEO_ENCODERS))
+def test_video_encoders_trace_under_the_logical_axis_rules(name):
+    from partitioning.partitioner import Partitioner
+
+    model = ImpModel(**{**SMALL, "num_layers": 2}, **VIDEO_ENCODERS[name], heads=(("d", 4),))
+    partitioner = Partitioner()
+    video = jax.ShapeDtypeStruct((2, 8, 16, 16, 3), jnp.float32)
+
+    def logits(key, video):
+        params = nn.unbox(init_variables(model, key))
+        return model.apply(params, {"vision": video}, head="d")["logits"]
+
+    with jax.set_mesh(partitioner.mesh), nn.logical_axis_rules(partitioner.rules):
+        lowered = jax.jit(logits).lower(jax.random.key(0), video)  # traced, not compiled
+    assert lowered.out_info.shape == (2, 4)

@@ -35,21 +35,28 @@ class CrossViewAttention(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
-        shape = (self.num_heads, head_dim)
-        q = nn.DenseGeneral(shape, kernel_init=dense_init(("embed", "heads", "kv")), name="q")(
-            LayerNorm(name="ln_query")(x)
-        )
+        xavier = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+
+        def project(name, inputs, names):
+            kernel = param_with_axes(
+                self, f"{name}_kernel", xavier, (inputs.shape[-1], self.num_heads, head_dim), names
+            )
+            bias = param_with_axes(
+                self, f"{name}_bias", nn.initializers.zeros, kernel.shape[1:], names[1:]
+            )
+            return jnp.einsum("rld,dhk->rhlk", inputs, kernel) + bias[:, None, :]
+
+        q = project("q", LayerNorm(name="ln_query")(x), ("embed", "heads", "kv"))
         context = LayerNorm(name="ln_context")(context)
-        k, v = (
-            nn.DenseGeneral(shape, kernel_init=dense_init((None, "heads", "kv")), name=n)(context)
-            for n in ("k", "v")
-        )
-        q, k, v = (a.swapaxes(1, 2) for a in (q, k, v))  # [rows, heads, length, kv]
+        k, v = (project(n, context, (None, "heads", "kv")) for n in ("k", "v"))
         q = q / jnp.sqrt(head_dim).astype(x.dtype)
-        mask = jnp.ones(context.shape[:2], bool)
-        out = dot_product_attention(q, k, v, mask)  # [rows, heads, n, kv]
+        out = dot_product_attention(q, k, v, jnp.ones(context.shape[:2], bool))
         w_out = param_with_axes(
-            self, "out_kernel", nn.initializers.zeros, (*shape, d_model), ("heads", "kv", "embed")
+            self,
+            "out_kernel",
+            nn.initializers.zeros,
+            (self.num_heads, head_dim, d_model),
+            ("heads", "kv", "embed"),
         )
         return jnp.einsum("rhnk,hkd->rnd", out, w_out)
 
