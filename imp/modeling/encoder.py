@@ -25,6 +25,27 @@ REMAT_POLICIES = {
 }
 
 
+def rematerialised(layer: type[nn.Module], policy: str, scan: bool) -> type[nn.Module]:
+    """`layer` under `nn.remat` with one of `REMAT_POLICIES` ("none": as it is). Unrolled
+    layers keep `prevent_cse` so XLA cannot undo the recomputation."""
+    if policy == "none":
+        return layer
+    return nn.remat(layer, policy=REMAT_POLICIES[policy], prevent_cse=not scan)
+
+
+def scanned(layer: type[nn.Module], length: int) -> type[nn.Module]:
+    """`layer` (called as `(carry, broadcast input) -> (carry, per-layer output)`) looped
+    `length` times by `nn.scan`, its parameters stacked on a leading `layers` axis."""
+    return nn.scan(
+        layer,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=nn.broadcast,
+        length=length,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+
+
 def layer_plan(
     num_layers: int, moe_every: int = 0, moe_last: int = 0
 ) -> list[tuple[tuple[str, ...], int]]:
@@ -143,11 +164,7 @@ class Encoder(nn.Module):
     ) -> tuple[jax.Array, jax.Array, dict]:
         assert self.remat_policy in REMAT_POLICIES, self.remat_policy  # see `check_config`
         assert self.attention in ATTENTIONS, self.attention
-        group = BlockGroup
-        if self.remat_policy != "none":
-            group = nn.remat(
-                group, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers
-            )
+        group = rematerialised(BlockGroup, self.remat_policy, self.scan_layers)
         moe_every, moe_last = (self.moe_every, self.moe_last) if self.moe else (0, 0)
         layer_stats = []
         for j, (pattern, repeats) in enumerate(layer_plan(self.num_layers, moe_every, moe_last)):
@@ -161,14 +178,7 @@ class Encoder(nn.Module):
                 grid if self.attention != "joint" else None,
             )
             if self.scan_layers:
-                stack = nn.scan(
-                    group,
-                    variable_axes={"params": 0},
-                    split_rngs={"params": True},
-                    in_axes=nn.broadcast,
-                    length=repeats,
-                    metadata_params={nn.PARTITION_NAME: "layers"},
-                )(*args, name=f"segment_{j}")
+                stack = scanned(group, repeats)(*args, name=f"segment_{j}")
                 x, stats = stack(x, mask)  # stats leaves: [repeats, ...]
                 layer_stats += [jax.tree.map(lambda v: v.mean(0), s) for s in stats]
             else:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from imp.modeling import factorised
 from imp.modeling.embedders import VisionEmbedder, vision_grid
-from imp.modeling.encoder import REMAT_POLICIES, EncoderBlock
+from imp.modeling.encoder import EncoderBlock, rematerialised, scanned
 from imp.modeling.heads import masked_mean
 from imp.modeling.layers import LayerNorm, dense_init, dot_product_attention, param_with_axes
 
@@ -109,19 +109,10 @@ class MultiviewEmbedder(nn.Module):
             frames, height, width_grid = vision_grid(video.shape[1:4], patch, self.max_grid)
             grids.append((frames, height * width_grid))
             views.append(VisionEmbedder(width, patch, self.max_grid, name=f"embed_{i}")(video)[0])
-        layer = MultiviewLayer
-        if self.remat_policy != "none":
-            layer = nn.remat(layer, policy=REMAT_POLICIES[self.remat_policy])
+        layer = rematerialised(MultiviewLayer, self.remat_policy, self.scan_layers)
         args = (tuple(self.widths), self.head_dim, tuple(grids))
         if self.scan_layers:
-            stack = nn.scan(
-                layer,
-                variable_axes={"params": 0},
-                split_rngs={"params": True},
-                length=self.num_layers,
-                metadata_params={nn.PARTITION_NAME: "layers"},
-            )(*args, name="layers")
-            views, _ = stack(tuple(views), None)
+            views, _ = scanned(layer, self.num_layers)(*args, name="layers")(tuple(views), None)
         else:
             for r in range(self.num_layers):
                 views, _ = layer(*args, name=f"layers_{r}")(tuple(views), None)
