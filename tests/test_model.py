@@ -361,26 +361,6 @@ def test_factorised_self_attention_is_a_frame_step_then_a_position_step():
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize(
-    "factorisation",
-    [
-        dict(attention="factorised_self_attention"),
-        dict(attention="factorised_dot_product"),
-        dict(temporal_layers=1),
-    ],
-)
-def test_factorised_models_run_images_videos_and_text(factorisation):
-    """A still image is one frame (its space step is joint attention over all its tokens);
-    every modality runs through the factorised models."""
-    model = ImpModel(**SMALL, **factorisation, heads=(("digits", 10),))
-    params = _initialised(model)["params"]
-    video = jax.random.normal(jax.random.key(11), (2, 4, 16, 16, 3))
-    out = jax.jit(functools.partial(model.apply, head="digits"))(
-        {"params": params}, {"vision": video}
-    )
-    assert out["logits"].shape == (2, 10) and bool(jnp.isfinite(out["logits"]).all())
-
-
 def test_factorised_encoder_is_a_vit_per_frame_then_a_temporal_encoder():
     """Model 2: each frame's tokens through the spatial encoder alone (a plain image ViT on
     that frame), averaged, and the frames' tokens through the temporal encoder."""
@@ -406,28 +386,38 @@ def test_factorised_encoder_is_a_vit_per_frame_then_a_temporal_encoder():
 
 
 # The video encoders of seed 001 at test size: each must trace under the mesh's logical axis
-# rules (a parameter's logical names must match its rank as created, e.g. inside DenseGeneral).
+# rules (a parameter's logical names must match its rank as created, e.g. inside DenseGeneral),
+# for a video, a still image (one frame) and a text.
 VIDEO_ENCODERS = {
     "factorised encoder": dict(temporal_layers=1),
     "factorised self-attention": dict(attention="factorised_self_attention"),
     "factorised dot-product": dict(attention="factorised_dot_product"),
+    "token learner": dict(token_learner="v1.1", token_learner_layer=1),
     "token learner, fused": dict(token_learner="v1", token_learner_layer=1, token_fuser=True),
     "mtv": dict(views=((4, 8, 8), (2, 8, 8)), view_widths=(8, 16), view_layers=2),
 }
 
 
 @pytest.mark.parametrize("name", sorted(VIDEO_ENCODERS))
-def test_video_encoders_trace_under_the_logical_axis_rules(name):
-    from partitioning.partitioner import Partitioner
+def test_video_encoders_trace_every_modality_under_the_logical_axis_rules(name):
+    from imp.partitioning.partitioner import Partitioner
 
     model = ImpModel(**{**SMALL, "num_layers": 2}, **VIDEO_ENCODERS[name], heads=(("d", 4),))
     partitioner = Partitioner()
-    video = jax.ShapeDtypeStruct((2, 8, 16, 16, 3), jnp.float32)
 
-    def logits(key, video):
+    def outputs(key, video, image, text):
         params = nn.unbox(init_variables(model, key))
-        return model.apply(params, {"vision": video}, head="d")["logits"]
+        return (
+            model.apply(params, {"vision": video}, head="d")["logits"],
+            model.apply(params, {"vision": image}, head="d")["logits"],
+            model.apply(params, {"text": text})["embedding/text/vision"],
+        )
 
+    inputs = (
+        jax.ShapeDtypeStruct((2, 8, 16, 16, 3), jnp.float32),
+        jax.ShapeDtypeStruct((2, 1, 16, 16, 3), jnp.float32),
+        jax.ShapeDtypeStruct((2, 5), jnp.int32),
+    )
     with jax.set_mesh(partitioner.mesh), nn.logical_axis_rules(partitioner.rules):
-        lowered = jax.jit(logits).lower(jax.random.key(0), video)  # traced, not compiled
-    assert lowered.out_info.shape == (2, 4)
+        lowered = jax.jit(outputs).lower(jax.random.key(0), *inputs)  # traced, not compiled
+    assert [o.shape for o in lowered.out_info] == [(2, 4), (2, 4), (2, 8)]

@@ -66,29 +66,6 @@ def test_views_run_alone_at_initialisation_and_hear_the_next_view_after():
     assert not np.allclose(later[:, 1], heard[:, 1], atol=1e-3)
 
 
-def test_a_multiview_model_runs_every_modality():
-    model = ImpModel(
-        d_model=32,
-        num_layers=1,
-        num_heads=4,
-        mlp_dim=64,
-        embed_dim=8,
-        vocab_size=20,
-        views=VIEWS,
-        view_widths=(16, 32),
-        view_layers=2,
-        heads=(("moves", 40),),
-    )
-    from imp.modeling.model import init_variables
-
-    params = nn.unbox(init_variables(model, jax.random.key(0)))
-    for vision in (VIDEO, VIDEO[:, :1]):
-        out = model.apply(params, {"vision": vision}, head="moves")
-        assert out["logits"].shape == (2, 40) and bool(jnp.isfinite(out["logits"]).all())
-    text = model.apply(params, {"text": jnp.array([[3, 4, 0, 0]])})
-    assert bool(jnp.isfinite(text["embedding/text/vision"]).all())
-
-
 @pytest.mark.parametrize(
     "fields, message",
     [

@@ -1,8 +1,6 @@
 """TokenLearner v1 / v1.1 against numpy, TokenFuser the identity at initialisation, and the
 encoder with a TokenLearner after layer k (seed 001)."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,7 @@ import pytest
 
 from imp.errors import ImpError
 from imp.modeling.encoder import Encoder
-from imp.modeling.model import ImpModel, check_config, init_variables
+from imp.modeling.model import ImpModel, check_config
 from imp.modeling.token_learner import TokenFuser, TokenLearner, TokenLearnerEncoder
 
 X = jax.random.normal(jax.random.key(0), (2, 6, 8))
@@ -76,29 +74,6 @@ def test_the_encoder_learns_tokens_per_frame_and_fuses_them_back():
     expected, _, _ = first.apply({"params": params["params"]["first"]}, x, mask)
     assert tokens.shape == (2, 12, 16)
     np.testing.assert_allclose(tokens, expected, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("fuse", [False, True])
-def test_a_model_with_a_token_learner_runs_every_modality(fuse):
-    model = ImpModel(
-        d_model=16,
-        num_layers=2,
-        num_heads=2,
-        mlp_dim=32,
-        embed_dim=8,
-        vocab_size=20,
-        token_learner="v1.1",
-        token_learner_layer=1,
-        token_fuser=fuse,
-        heads=(("moves", 40),),
-    )
-    params = nn.unbox(jax.jit(functools.partial(init_variables, model))(jax.random.key(0)))
-    video = jax.random.normal(jax.random.key(7), (2, 8, 32, 32, 3))
-    for vision in (video, video[:, :1]):
-        out = model.apply(params, {"vision": vision}, head="moves")
-        assert out["logits"].shape == (2, 40) and bool(jnp.isfinite(out["logits"]).all())
-    text = model.apply(params, {"text": jnp.array([[3, 4, 0, 0], [5, 6, 7, 8]])})
-    assert bool(jnp.isfinite(text["embedding/text/vision"]).all())
 
 
 @pytest.mark.parametrize(
