@@ -12,13 +12,13 @@ from conftest import FAST_COMPILE
 
 @pytest.mark.slow
 def test_demo_model_learns_video_classification(tmp_path):
-    """The demo's model (`gin/models/tiny.gin`) on the whole digit world: 150 steps of video
+    """The demo's model (`gin/models/tiny.gin`) on the whole digit world: 120 steps of video
     classification put held-out top-1 (digits never seen in training) well above chance.
     `imp train` in a subprocess at XLA's default optimisation: here run time, not compile
     time, counts."""
     flags = [
         f"MODEL_DIR={tmp_path / 'run'}",
-        "TRAIN_STEPS=150",
+        "TRAIN_STEPS=120",
         "MIXTURE_OR_TASK_NAME=digit_videos_cls",
         f"prepare_demo.data_dir={tmp_path / 'world'}",
         "train.end_evaluations=('classification',)",
