@@ -62,6 +62,8 @@ def test_run_writes_outputs(straight):
         first_steps.setdefault(r["task"], r["step"])
     assert [r["step"] for r in records if r["compiled"]] == sorted(first_steps.values())
     assert {t: s["compiles"] for t, s in summary["tasks"].items()} == dict.fromkeys(first_steps, 1)
+    uncompiled = [r["step_seconds"] for r in records if not r["compiled"]]
+    assert summary["median_step_seconds"] == pytest.approx(np.median(uncompiled))
     config = (run_dir / "config.gin").read_text()
     assert "TRAIN_STEPS = 20" in config and "ImpModel.d_model = 32" in config
     assert "Experiment.train_steps = %TRAIN_STEPS" in config

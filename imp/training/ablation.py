@@ -213,7 +213,7 @@ def _results(study: Study, runs: list[_Run], summaries: dict, command: str, wall
                 values = row(summary, table.columns, str(r.run_dir), _base_names(r.experiment))
                 seeds[r.seed] = values | {
                     "wall seconds": summary["wall_seconds"],
-                    STEP_MS: _median_step_ms(r.run_dir),
+                    STEP_MS: _milliseconds(summary.get("median_step_seconds")),
                 }
             first = by_variant[variant.label][0].experiment
             variants[variant.label] = {
@@ -248,16 +248,8 @@ def _results(study: Study, runs: list[_Run], summaries: dict, command: str, wall
     }
 
 
-def _median_step_ms(run_dir: Path) -> float | None:
-    """Median milliseconds of the run's steps that did not compile (from `metrics.jsonl`);
-    None when every step compiled."""
-    seconds = {}
-    with (run_dir / "metrics.jsonl").open() as f:
-        for line in f:
-            record = json.loads(line)
-            if "step_seconds" in record and not record.get("compiled", False):
-                seconds[record["step"]] = record["step_seconds"]  # joint steps: one per task
-    return 1000.0 * float(np.median(list(seconds.values()))) if seconds else None
+def _milliseconds(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000.0 * seconds
 
 
 def _gflops(experiment, task: str) -> float | None:

@@ -15,10 +15,12 @@ _SMOOTH = 10  # losses averaged over the first/last this many steps of each task
 
 def _read_metrics(run_dir: Path) -> dict:
     """From `metrics.jsonl`: loss per task over steps, seconds in steps and waiting for input,
-    router probabilities per modality, and the gradient-similarity matrices."""
+    the seconds of each step that did not compile, router probabilities per modality, and the
+    gradient-similarity matrices."""
     losses = defaultdict(list)
     seconds = {"step_seconds": 0.0, "input_seconds": 0.0}
     counted_steps = set()
+    compiled_free = []
     routing = defaultdict(list)
     similarity = []
     with (run_dir / "metrics.jsonl").open() as f:
@@ -34,10 +36,18 @@ def _read_metrics(run_dir: Path) -> dict:
                 counted_steps.add(record["step"])
                 for key in seconds:
                     seconds[key] += record.get(key, 0.0)
+                if not record.get("compiled", False) and "step_seconds" in record:
+                    compiled_free.append(record["step_seconds"])
             for key, value in record.items():
                 if key.startswith("routing/") and key.endswith("/router_probability"):
                     routing[key.split("/")[1]].append(np.asarray(value, np.float64))
-    return {"losses": losses, "seconds": seconds, "routing": routing, "similarity": similarity}
+    return {
+        "losses": losses,
+        "seconds": seconds,
+        "compiled_free": compiled_free,
+        "routing": routing,
+        "similarity": similarity,
+    }
 
 
 def write(run_dir: Path, table, evaluation: dict, wall_seconds: float) -> dict:
@@ -64,6 +74,10 @@ def write(run_dir: Path, table, evaluation: dict, wall_seconds: float) -> dict:
         # Time the loop waited for the next batch: near 0 when the model step is the bottleneck.
         **seconds,
         "input_wait_fraction": seconds["input_seconds"] / max(wall_seconds, 1e-9),
+        # The median step that did not compile (None when every step compiled).
+        "median_step_seconds": (
+            float(np.median(metrics["compiled_free"])) if metrics["compiled_free"] else None
+        ),
         "tasks": tasks,
     }
     out = run_dir / "report"
