@@ -30,12 +30,15 @@ _SCANNED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)/(.+)$")
 _UNROLLED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)_(\d+)/(.+)$")
 
 
-def flatten(params) -> dict[str, np.ndarray]:
-    """`{"a/b/kernel": array}` of a nested parameter dict."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        flat["/".join(str(getattr(p, "key", p)) for p in path)] = leaf
-    return flat
+def flatten(tree) -> dict:
+    """`{"a/b/kernel": leaf}` of a pytree: dict keys, sequence indices and named-tuple fields
+    alike (orbax's checkpoint metadata holds named tuples as dicts)."""
+    return {
+        "/".join(
+            str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path
+        ): leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:

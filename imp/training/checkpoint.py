@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from imp.errors import ImpError
+from imp.modeling import surgery
 from imp.training.train_state import TrainState
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ class Checkpointer:
         """`{"params/a/kernel": ShapeDtypeStruct}` of every leaf saved at `step` (metadata
         only)."""
         metadata = self._read(step, lambda: self.manager.item_metadata(step)["state"])
-        flat = jax.tree_util.tree_flatten_with_path(dict(metadata))[0]
-        return {_path(p): jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for p, leaf in flat}
+        flat = surgery.flatten(dict(metadata))
+        return {name: jax.ShapeDtypeStruct(m.shape, m.dtype) for name, m in flat.items()}
 
     def params(self, step: int) -> dict:
         """The parameters saved at `step` by any model, on this process's first device (the
@@ -244,17 +245,10 @@ def _shape(shape) -> str:
     return "absent" if shape is None else str(tuple(shape))
 
 
-def _path(path) -> str:
-    """`a/0/mu/kernel` for dict keys, sequence indices and named-tuple fields alike (orbax's
-    metadata holds named tuples as dicts)."""
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
-
-
 def tree_shapes(tree) -> dict[str, tuple[int, ...]]:
     """`{"a/b/kernel": shape}` of a tree of arrays, `ShapeDtypeStruct`s or orbax's array
     metadata."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path(p): tuple(getattr(leaf, "shape", ())) for p, leaf in flat}
+    return {name: tuple(getattr(leaf, "shape", ())) for name, leaf in surgery.flatten(tree).items()}
 
 
 LOWER_IS_BETTER = ("median_rank", "loss")
