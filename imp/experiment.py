@@ -141,7 +141,7 @@ class Experiment:
                 f"Experiment.init_from = {self.init_from!r}: expected @InitFrom()",
             )
             if not self.resumes:
-                self.init_from.check(self.abstract_state["params"], self.model.vision_patch[0])
+                self.init_from.check(self.abstract_state["params"], self.model)
 
     @property
     def resumes(self) -> bool:

@@ -41,6 +41,7 @@ LONGEST_FIRST = (  # measured with --durations=0; the rest are short
     "test_ablation.py",
     "test_convert.py",
     "test_surgery.py",
+    "test_readers.py",
     "test_multiview.py",
     "test_data.py",
     "test_initialise.py",

@@ -1,13 +1,16 @@
 """Modality embedders: raw inputs -> tokens `[batch, length, d_model]` with positions added.
 
-Position embeddings are factorised: one learned table per axis, summed (seed 004 §3.4
-multi-resolution training). Vision, spectrogram and waveform patches read the tables at
-their normalised coordinates, as IMP's reference code does: patch `i` of `n` along an axis
-sits at `i / n` in [0, 1) and reads bucket `floor(i / n * size)` of that axis's `size`-row
-table. A half-resolution clip's patch `i` therefore reads the bucket of the full-resolution
-patch `2i`, the corner of the field of view it covers: every resolution variant, and any
-evaluation resolution, sees the same positions for the same place. Text positions are the
-token indices. DropToken keeps the positions of the tokens it keeps.
+Position embeddings are factorised by default: one learned table per axis, summed (seed 004
+§3.4 multi-resolution training). Vision and spectrogram embedders can instead keep one joint
+table over their whole grid (`POSITIONS`), as ViT, ViViT and PolyViT do.
+
+Vision, spectrogram and waveform patches read the tables at their normalised coordinates,
+as IMP's reference code does: patch `i` of `n` along an axis sits at `i / n` in [0, 1) and
+reads bucket `floor(i / n * size)` of that axis's `size`-row table. A half-resolution clip's
+patch `i` therefore reads the bucket of the full-resolution patch `2i`, the corner of the
+field of view it covers: every resolution variant, and any evaluation resolution, sees the
+same positions for the same place. Text positions are the token indices. DropToken keeps the
+positions of the tokens it keeps.
 """
 
 import flax.linen as nn
@@ -18,6 +21,8 @@ from imp.errors import ImpError
 from imp.modeling.layers import dense_init, param_with_axes
 
 _POS_INIT = nn.initializers.normal(stddev=0.02)
+# "factorised": one table per axis, summed (IMP); "joint": one row per grid cell (ViT).
+POSITIONS = ("factorised", "joint")
 
 
 def patch_grid(
@@ -92,6 +97,7 @@ class VisionEmbedder(nn.Module):
     d_model: int
     patch: tuple[int, int, int] = (2, 8, 8)  # (t, h, w)
     max_grid: tuple[int, int, int] = (16, 32, 32)  # tubelets along (t, h, w)
+    positions: str = "factorised"  # `POSITIONS`
 
     @nn.compact
     def __call__(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -106,7 +112,7 @@ class VisionEmbedder(nn.Module):
             patches
         )
         coords = grid_buckets((gt, gh, gw), self.max_grid)  # [length, 3]
-        tokens = tokens + FactorisedPositions(self.d_model, self.max_grid, name="pos")(coords)
+        tokens = tokens + position_table(self.positions, self.d_model, self.max_grid)(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
 
@@ -137,6 +143,7 @@ class SpectrogramEmbedder(nn.Module):
     d_model: int
     patch: tuple[int, int] = (16, 16)  # (time, mel)
     max_grid: tuple[int, int] = (64, 8)
+    positions: str = "factorised"  # `POSITIONS`
 
     @nn.compact
     def __call__(self, spectrogram: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -149,7 +156,7 @@ class SpectrogramEmbedder(nn.Module):
             patches
         )
         coords = grid_buckets((gt, gf), self.max_grid)
-        tokens = tokens + FactorisedPositions(self.d_model, self.max_grid, name="pos")(coords)
+        tokens = tokens + position_table(self.positions, self.d_model, self.max_grid)(coords)
         return tokens, jnp.ones(tokens.shape[:2], bool)
 
 
@@ -217,3 +224,39 @@ def drop_tokens(
         jnp.take_along_axis(tokens, kept[..., None], axis=1),
         jnp.take_along_axis(mask, kept, axis=1),
     )
+
+
+class JointPositions(nn.Module):
+    """One learned row per cell of a grid of `sizes`, looked up by table rows `[length,
+    axes]`: the table is `[*sizes, d_model]`."""
+
+    d_model: int
+    sizes: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, coords: jax.Array) -> jax.Array:
+        names = (None,) * len(self.sizes) + ("embed",)
+        table = param_with_axes(self, "table", _POS_INIT, (*self.sizes, self.d_model), names)
+        return table[tuple(coords.T)]  # [length, d_model]
+
+
+def position_table(kind: str, d_model: int, sizes: tuple[int, ...]) -> nn.Module:
+    """The position module of `POSITIONS` kind `kind`, named `pos`."""
+    assert kind in POSITIONS, kind  # `check_config` names a wrong value
+    make = FactorisedPositions if kind == "factorised" else JointPositions
+    return make(d_model, tuple(sizes), name="pos")
+
+
+class ClassToken(nn.Module):
+    """A learned token put before a modality's tokens (ViT's [class], PolyViT's per-modality
+    one); zeros at initialisation, as big_vision's and scenic's. Positions are not added to
+    it: a constant token's position is part of what it learns."""
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        token = param_with_axes(
+            self, "token", nn.initializers.zeros, (tokens.shape[-1],), ("embed",)
+        )
+        token = jnp.broadcast_to(token.astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[-1]))
+        keep = jnp.ones((mask.shape[0], 1), bool)
+        return jnp.concatenate([token, tokens], 1), jnp.concatenate([keep, mask], 1)

@@ -70,8 +70,9 @@ ATTENTIONS = ("joint", "factorised_self_attention", "factorised_dot_product")
 
 
 class EncoderBlock(nn.Module):
-    """Pre-LN block: attention (`ATTENTIONS`) then a dense or MoE feed-forward. `grid` is
-    `(frames, space)` of video tokens, None for other inputs (`factorised`)."""
+    """Pre-LN block: attention (`ATTENTIONS`) then a dense or MoE feed-forward (its GELU the
+    tanh approximation or exact, `MlpBlock`). `grid` is `(frames, space)` of video tokens,
+    None for other inputs (`factorised`)."""
 
     num_heads: int
     mlp_dim: int
@@ -79,6 +80,7 @@ class EncoderBlock(nn.Module):
     qk_layernorm: bool = False
     attention: str = "joint"
     grid: tuple[int, int] | None = None
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
@@ -93,8 +95,8 @@ class EncoderBlock(nn.Module):
             x = x + attention(LayerNorm(name="ln_attention")(x), mask, self.grid)
         h = LayerNorm(name="ln_mlp")(x)
         if self.moe is None:
-            return x + MlpBlock(self.mlp_dim, name="mlp")(h), {}
-        y, stats = MoeMlp(self.moe, self.mlp_dim, name="moe")(h, mask)
+            return x + MlpBlock(self.mlp_dim, self.approximate_gelu, name="mlp")(h), {}
+        y, stats = MoeMlp(self.moe, self.mlp_dim, self.approximate_gelu, name="moe")(h, mask)
         return x + y, stats
 
     def _factorised_self_attention(self, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -120,6 +122,7 @@ class BlockGroup(nn.Module):
     qk_layernorm: bool = False
     attention: str = "joint"
     grid: tuple[int, int] | None = None
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[dict]]:
@@ -133,6 +136,7 @@ class BlockGroup(nn.Module):
                 self.qk_layernorm,
                 self.attention,
                 self.grid,
+                self.approximate_gelu,
                 name=f"{kind}_{i}",
             )
             x, s = block(x, mask)
@@ -157,6 +161,7 @@ class Encoder(nn.Module):
     moe_last: int = 0
     qk_layernorm: bool = False
     attention: str = "joint"
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(
@@ -176,6 +181,7 @@ class Encoder(nn.Module):
                 self.qk_layernorm,
                 self.attention,
                 grid if self.attention != "joint" else None,
+                self.approximate_gelu,
             )
             if self.scan_layers:
                 stack = scanned(group, repeats)(*args, name=f"segment_{j}")

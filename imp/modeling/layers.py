@@ -45,9 +45,11 @@ class LayerNorm(nn.Module):
 
 
 class MlpBlock(nn.Module):
-    """Dense -> GELU -> Dense, the ViT feed-forward block."""
+    """Dense -> GELU -> Dense, the ViT feed-forward block. `approximate_gelu`: the tanh form
+    (flax's default, big_vision's and scenic's models) or the exact erf form (timm's)."""
 
     mlp_dim: int
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:  # [batch, length, embed]
@@ -58,7 +60,7 @@ class MlpBlock(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             name="wi",
         )(x)
-        h = constrain(nn.gelu(h), ("batch", "length", "mlp"))
+        h = constrain(nn.gelu(h, self.approximate_gelu), ("batch", "length", "mlp"))
         return nn.Dense(
             d_model,
             kernel_init=dense_init(("mlp", "embed")),

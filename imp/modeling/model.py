@@ -19,6 +19,8 @@ from imp import validation
 from imp.errors import ImpError, did_you_mean
 from imp.modeling import embedders
 from imp.modeling.embedders import (
+    POSITIONS,
+    ClassToken,
     SpectrogramEmbedder,
     TextEmbedder,
     VisionEmbedder,
@@ -47,6 +49,12 @@ _LOGIT_SCALE_MAX = math.log(100.0)
 
 
 TOWERS = ("shared", "per_modality")
+# What a task head reads of a modality's encoded tokens: their "mean" (IMP; the class token
+# left out) or the "class_token" (ViT, PolyViT; needs `ImpModel.class_token`).
+POOLS = ("mean", "class_token")
+# The feed-forward GELU: the "tanh" approximation (flax's default; big_vision's and IMP's
+# models) or the "exact" erf form (timm's, PyTorch's default).
+GELUS = ("tanh", "exact")
 # "linear": one projection per modality, shared by every target (CLIP). "mlp": one
 # feed-forward head per (source, target) pair (IMP's reference code).
 CONTRASTIVE_HEADS = ("linear", "mlp")
@@ -145,9 +153,19 @@ class ImpModel(nn.Module):
     # 0.2, and 1.0 in the sparse MoE models, "high temperature for fast convergence").
     temperature: str = "clip"
     temperature_init: float = 0.2
+    # Vision and spectrogram position tables (`embedders.POSITIONS`): "factorised" per axis
+    # (IMP) or "joint" over the grid (ViT; what an imported ViT's table needs).
+    positions: str = "factorised"
+    # A learned class token before every modality's tokens (`embedders.ClassToken`), and what
+    # the heads read (`POOLS`); `gelu` of the feed-forward blocks (`GELUS`).
+    class_token: bool = False
+    pool: str = "mean"
+    gelu: str = "tanh"
 
     def setup(self):
-        vision = VisionEmbedder(self.d_model, self.vision_patch, self.vision_max_grid)
+        vision = VisionEmbedder(
+            self.d_model, self.vision_patch, self.vision_max_grid, self.positions
+        )
         if self.views:
             vision = MultiviewEmbedder(
                 self.d_model,
@@ -158,6 +176,8 @@ class ImpModel(nn.Module):
                 self.vision_max_grid,
                 self.scan_layers,
                 self.remat_policy,
+                self.positions,
+                self.gelu == "tanh",
             )
         self.embedders = {
             "vision": vision,
@@ -165,7 +185,7 @@ class ImpModel(nn.Module):
                 self.d_model, self.waveform_patch, self.max_waveform_patches
             ),
             "spectrogram": SpectrogramEmbedder(
-                self.d_model, self.spectrogram_patch, self.spectrogram_max_grid
+                self.d_model, self.spectrogram_patch, self.spectrogram_max_grid, self.positions
             ),
             "text": TextEmbedder(self.d_model, self.vocab_size, self.max_text_length),
         }
@@ -186,6 +206,7 @@ class ImpModel(nn.Module):
             scan_layers=self.scan_layers,
             remat_policy=self.remat_policy,
             qk_layernorm=self.qk_layernorm,
+            approximate_gelu=self.gelu == "tanh",
         )
         sparse = dict(moe=moe, moe_every=self.moe_every if moe else 0, moe_last=self.moe_last)
         if self.temporal_layers:
@@ -226,6 +247,8 @@ class ImpModel(nn.Module):
                 head_key("mlp", s, t): MlpProjection(self.embed_dim, self.embed_dim)
                 for s, t in itertools.permutations(MODALITIES, 2)
             }
+        if self.class_token:
+            self.class_tokens = {m: ClassToken() for m in MODALITIES}
         self.classifiers = {name: ClassifierHead(n, self.head_init) for name, n in self.heads}
         assert self.temperature in TEMPERATURES, self.temperature
         if self.temperature == "clip":
@@ -252,11 +275,14 @@ class ImpModel(nn.Module):
     def encode(
         self, modality: str, x: jax.Array, drop_rate: float = 0.0, train: bool = False
     ) -> tuple[jax.Array, jax.Array, dict]:
-        """One modality -> encoded tokens `[batch, length, d_model]`, their mask, and the
-        MoE routing statistics of this modality's tokens."""
+        """One modality -> encoded tokens `[batch, length, d_model]` (the class token first,
+        with `class_token`), their mask, and the MoE routing statistics of this modality's
+        tokens."""
         tokens, mask = self.embedders[modality](x)
         if train and drop_rate > 0.0 and modality != "text":
             tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
+        if self.class_token:
+            tokens, mask = self.class_tokens[modality](tokens, mask)
         encoder = self.encoder if self.towers == "shared" else self.encoders[modality]
         return encoder(tokens, mask, self._grid(modality, x.shape[1:]))
 
@@ -268,6 +294,14 @@ class ImpModel(nn.Module):
             shape[:3], self.vision_patch, self.vision_max_grid
         )
         return frames, height * width
+
+    def pooled(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        """What the heads read of encoded tokens (`POOLS`): `[batch, d_model]`."""
+        if self.pool == "class_token":
+            return tokens[:, 0]
+        if self.class_token:
+            tokens, mask = tokens[:, 1:], mask[:, 1:]
+        return masked_mean(tokens, mask)
 
     def __call__(
         self,
@@ -284,7 +318,7 @@ class ImpModel(nn.Module):
         for modality in MODALITIES:
             if modality in inputs:
                 tokens, mask, stats = self.encode(modality, inputs[modality], drop_rate, train)
-                out[f"pooled/{modality}"] = masked_mean(tokens, mask)
+                out[f"pooled/{modality}"] = self.pooled(tokens, mask)
                 out.update({f"routing/{modality}/{k}": v for k, v in stats.items()})
         if head is not None:
             source = next(m for m in MODALITIES if f"pooled/{m}" in out)
@@ -371,6 +405,19 @@ def check_config(model: ImpModel) -> None:
         f"{model.attention!r}",
     )
     _one_of("head_init", model.head_init, HEAD_INITS)
+    _one_of("positions", model.positions, POSITIONS)
+    _one_of("pool", model.pool, POOLS)
+    _one_of("gelu", model.gelu, GELUS)
+    validation.require(
+        model.pool != "class_token" or model.class_token,
+        "ImpModel.pool = 'class_token' reads the class token: bind ImpModel.class_token = True",
+    )
+    validation.require(
+        not model.class_token or not (needs_token_grid(model) or model.views),
+        "ImpModel.class_token adds a token outside the video's grid of frames and positions, "
+        "which ViViT's factorised models, TokenLearner and MTV (ImpModel.attention, "
+        "temporal_layers, token_learner, views) read whole: use it with a joint encoder",
+    )
     _one_of("router", model.router, ROUTERS)
     _one_of("contrastive_head", model.contrastive_head, CONTRASTIVE_HEADS)
     _one_of("temperature", model.temperature, TEMPERATURES)
@@ -458,7 +505,7 @@ def tokens_per_example(
             grid = (embedders.text_tokens(shape[0], model.max_text_length),)
         full = math.prod(grid)
         keep = full if modality == "text" else max(1, round(full * (1.0 - drop_rate)))
-        tokens[modality] = keep
+        tokens[modality] = keep + model.class_token
     return tokens
 
 

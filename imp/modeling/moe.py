@@ -115,6 +115,7 @@ class MoeMlp(nn.Module):
 
     config: MoeConfig
     mlp_dim: int
+    approximate_gelu: bool = True  # as `MlpBlock`'s
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
@@ -165,5 +166,5 @@ class MoeMlp(nn.Module):
         bi = param_with_axes(self, "bi", nn.initializers.zeros, (e, f), ("expert", "mlp"))
         wo = param_with_axes(self, "wo", xavier, (e, f, d), ("expert", "mlp", "embed"))
         bo = param_with_axes(self, "bo", nn.initializers.zeros, (e, d), ("expert", "embed"))
-        h = nn.gelu(jnp.einsum("egcd,edf->egcf", x, wi) + bi[:, None, None])
+        h = nn.gelu(jnp.einsum("egcd,edf->egcf", x, wi) + bi[:, None, None], self.approximate_gelu)
         return jnp.einsum("egcf,efd->egcd", h, wo) + bo[:, None, None]

@@ -68,6 +68,7 @@ class MultiviewLayer(nn.Module):
     widths: tuple[int, ...]
     head_dim: int
     grids: tuple[tuple[int, int], ...]  # (frames, space) of each view
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, views: tuple[jax.Array, ...], _) -> tuple[tuple[jax.Array, ...], None]:
@@ -75,7 +76,12 @@ class MultiviewLayer(nn.Module):
         out = []
         for i, (x, width, grid) in enumerate(zip(views, self.widths, self.grids, strict=True)):
             rows = factorised.to_space(x, grid)
-            block = EncoderBlock(width // self.head_dim, 4 * width, name=f"view_{i}")
+            block = EncoderBlock(
+                width // self.head_dim,
+                4 * width,
+                approximate_gelu=self.approximate_gelu,
+                name=f"view_{i}",
+            )
             rows, _ = block(rows, jnp.ones(rows.shape[:2], bool))
             out.append(factorised.from_space(rows, batch))
         for i in range(len(out) - 1):
@@ -100,6 +106,8 @@ class MultiviewEmbedder(nn.Module):
     max_grid: tuple[int, int, int]
     scan_layers: bool = True
     remat_policy: str = "none"
+    positions: str = "factorised"  # the views' position tables (`embedders.POSITIONS`)
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -108,9 +116,12 @@ class MultiviewEmbedder(nn.Module):
         for i, (patch, width) in enumerate(zip(self.patches, self.widths, strict=True)):
             frames, height, width_grid = vision_grid(video.shape[1:4], patch, self.max_grid)
             grids.append((frames, height * width_grid))
-            views.append(VisionEmbedder(width, patch, self.max_grid, name=f"embed_{i}")(video)[0])
+            embedder = VisionEmbedder(
+                width, patch, self.max_grid, self.positions, name=f"embed_{i}"
+            )
+            views.append(embedder(video)[0])
         layer = rematerialised(MultiviewLayer, self.remat_policy, self.scan_layers)
-        args = (tuple(self.widths), self.head_dim, tuple(grids))
+        args = (tuple(self.widths), self.head_dim, tuple(grids), self.approximate_gelu)
         if self.scan_layers:
             views, _ = scanned(layer, self.num_layers)(*args, name="layers")(tuple(views), None)
         else:

@@ -4,7 +4,7 @@ PolyViT start from image checkpoints; `imp.training.initialise` applies it to a 
 Parameters are flat dicts `{"embedders_vision/tubelet/kernel": array}` (`flatten`). `transfer`
 takes a target model's parameters from a source's: equal shapes are copied; a tubelet kernel
 of another depth goes through the source's 2D image kernel (`image_kernel`) and one of the
-`TUBELET_INITS`; a position table of another length is interpolated (`resize_positions`);
+`TUBELET_INITS`; a position table of another grid is interpolated (`resize_grid`);
 scanned and unrolled layer layouts are converted (`to_layout`); what the source lacks (a new
 head, a new modality) keeps the target's initialisation, and what the target lacks is
 dropped, and so is a classifier head of another class count. The report says which parameter
@@ -25,7 +25,7 @@ from imp.errors import ImpError
 TUBELET_INITS = ("inflate", "central_frame", "random")
 
 _TUBELET = "embedders_vision/tubelet/kernel"
-_POSITIONS = re.compile(r"^embedders_\w+/pos/axis_\d+$")
+_POSITIONS = re.compile(r"^embedders_\w+/pos/(axis_\d+|table)$")
 _SCANNED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)/(.+)$")
 _UNROLLED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)_(\d+)/(.+)$")
 
@@ -83,6 +83,18 @@ def resize_positions(table: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.interp(new, old, column) for column in table.T], axis=1)
 
 
+def resize_grid(table: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """A position table `[*grid, d]` (one axis: `FactorisedPositions`'; several:
+    `JointPositions`') -> `[*sizes, d]`, `resize_positions` along each axis in turn
+    (multilinear)."""
+    table = np.asarray(table, np.float32)
+    for axis, size in enumerate(sizes):
+        moved = np.moveaxis(table, axis, 0)
+        rows = resize_positions(moved.reshape(moved.shape[0], -1), size)
+        table = np.moveaxis(rows.reshape(size, *moved.shape[1:]), 0, axis)
+    return table
+
+
 def _stack(leaves: list):
     if isinstance(leaves[0], jax.ShapeDtypeStruct):
         return jax.ShapeDtypeStruct((len(leaves), *leaves[0].shape), leaves[0].dtype)
@@ -128,6 +140,7 @@ def plan(target: dict, source: dict, target_depth: int) -> dict[str, str]:
     `ShapeDtypeStruct`s, `source` already in the target's layout): "copy", "tubelet",
     "positions" or "keep" (the target's initialisation). A parameter both have with shapes
     that no rule converts is an `ImpError` naming it."""
+    _check_tokens(target, source)
     rules = {}
     for name, init in target.items():
         if name not in source:
@@ -140,7 +153,7 @@ def plan(target: dict, source: dict, target_depth: int) -> dict[str, str]:
             rules[name] = "keep"
         elif name == _TUBELET and have[1:] == want[1:] and have[0] % (want[0] // target_depth) == 0:
             rules[name] = "tubelet"
-        elif _POSITIONS.match(name) and have[1:] == want[1:]:
+        elif _POSITIONS.match(name) and len(have) == len(want) and have[-1] == want[-1]:
             rules[name] = "positions"
         else:
             raise ImpError(
@@ -149,6 +162,29 @@ def plan(target: dict, source: dict, target_depth: int) -> dict[str, str]:
                 "layout and classifier heads are converted)"
             )
     return rules
+
+
+def _check_tokens(target: dict, source: dict) -> None:
+    """Position tables of one kind and class tokens must exist on both sides, else the
+    carried model would compute something else: an `ImpError` naming the binding."""
+    for name in source:
+        prefix, _, kind = name.rpartition("/pos/")
+        if prefix.startswith("embedders_") and name not in target:
+            other = next((n for n in target if n.startswith(f"{prefix}/pos/")), None)
+            if other is not None:
+                has, want = (
+                    ("one joint position table", "joint")
+                    if kind == "table"
+                    else ("a position table per axis", "factorised")
+                )
+                raise ImpError(
+                    f"{prefix} has {has} in the source: bind ImpModel.positions = {want!r}"
+                )
+        if name.startswith("class_tokens_") and name not in target:
+            raise ImpError(
+                f"the source has a class token ({name}): bind ImpModel.class_token = True "
+                "(and ImpModel.pool = 'class_token' for heads on it)"
+            )
 
 
 def match(target: dict, source: dict, target_depth: int) -> tuple[dict, dict[str, str]]:
@@ -181,7 +217,7 @@ def transfer(
             source_depth = value.shape[0] // (want.shape[0] // target_depth)
             value = tubelet_kernel(image_kernel(value, source_depth), target_depth, tubelet_init)
         elif rule == "positions":
-            value = resize_positions(value, want.shape[0])
+            value = resize_grid(value, want.shape[:-1])
         values[name] = value.astype(want.dtype)
         report["copied" if rule == "copy" else "converted"].append(name)
     report["dropped"] = sorted(set(source) - set(target))

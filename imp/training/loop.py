@@ -213,7 +213,7 @@ def _restore_or_create(experiment: "Experiment", checkpointer: Checkpointer) -> 
                 experiment.init_from,
                 fresh["params"],
                 experiment.shardings["params"],
-                experiment.model.vision_patch[0],
+                experiment.model,
             )
             fresh = {**fresh, "params": params}
         return fresh, 0, {}
