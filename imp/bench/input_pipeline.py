@@ -10,7 +10,6 @@ flags like `imp train` and defaults to the demo run (the digit world, the tiny m
 import argparse
 
 from imp.bench import common
-from imp.data import inspect
 from imp.experiment import Experiment
 
 USES_GIN = True
@@ -22,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> common.Report:
+    # seqio and TensorFlow on use only: the other benchmarks run where they are not installed
+    # (an accelerator machine with JAX alone).
+    from imp.data import inspect
+
     experiment = Experiment.from_gin(mixture_or_task_name=args.mixture, writable=False)
     bench = common.Bench(experiment)
     rows = []

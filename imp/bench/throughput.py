@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--matmul", type=int, default=2048, help="N of the NxN peak matmul")
     parser.add_argument(
+        "--torch_device",
+        default="cpu",
+        help="where the PyTorch peer runs: cpu, or cuda beside JAX on a GPU",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="also time forward, forward+backward, update"
     )
     parser.set_defaults(repeats=3)
@@ -131,7 +136,9 @@ def run(args) -> common.Report:
             model.vision_max_grid,
             model.max_text_length,
         )
-        peer = torch_peer.PeerProcess(cfg, common.synthetic_batch(spec), args.threads, args.matmul)
+        peer = torch_peer.PeerProcess(
+            cfg, common.synthetic_batch(spec), args.threads, args.matmul, args.torch_device
+        )
         assert peer.num_params == ours_params, (peer.num_params, ours_params)
     try:
         square = jax.random.normal(jax.random.key(1), (args.matmul, args.matmul))
@@ -171,6 +178,8 @@ def run(args) -> common.Report:
         "GFLOP/step": round(step_flops / 1e9, 1),
         "params": ours_params,
         "threads": args.threads,
+        "device": jax.devices()[0].device_kind,
+        "torch_device": args.torch_device,
         "compile_s": round(compile_s, 1),
         "repeats": args.repeats,
     }

@@ -162,23 +162,31 @@ class Peer:
     """The PyTorch train step and its parts (forward, forward + backward, update) on one
     fixed batch, run with `threads` intra-op threads."""
 
-    def __init__(self, cfg: Config, video: np.ndarray, text: np.ndarray, threads: int):
+    def __init__(
+        self, cfg: Config, video: np.ndarray, text: np.ndarray, threads: int, device: str = "cpu"
+    ):
         import torch
 
         torch.set_num_threads(threads)
-        self.cfg = cfg
-        self.params = init_params(cfg)
-        self.video = torch.from_numpy(video)
-        self.text = torch.from_numpy(text).long()
+        self.cfg, self.device = cfg, torch.device(device)
+        self.params = {
+            k: v.detach().to(self.device).requires_grad_() for k, v in init_params(cfg).items()
+        }
+        self.video = torch.from_numpy(video).to(self.device)
+        self.text = torch.from_numpy(text).long().to(self.device)
         self.optimizer = torch.optim.Adam(self.params.values(), lr=1e-4)
 
+    def _loss(self):
+        with self.device:  # the step's own tensors (positions, labels) on the device too
+            return loss_fn(self.cfg, self.params, self.video, self.text)
+
     def forward(self) -> float:
-        return loss_fn(self.cfg, self.params, self.video, self.text).item()
+        return self._loss().item()
 
     def forward_backward(self) -> float:
         for v in self.params.values():
             v.grad = None
-        loss = loss_fn(self.cfg, self.params, self.video, self.text)
+        loss = self._loss()
         loss.backward()
         return loss.item()
 
@@ -195,12 +203,12 @@ class Peer:
         return loss
 
 
-def _matmul(n: int) -> Callable[[], float]:
+def _matmul(n: int, device: str) -> Callable[[], float]:
     """One `[n, n] @ [n, n]` float32 matmul (2 n^3 FLOPs per call)."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    a, b = (torch.randn(n, n, generator=gen).to(device) for _ in range(2))
     return lambda: torch.mm(a, b)[0, 0].item()
 
 
@@ -212,11 +220,23 @@ class PeerProcess:
     child imports neither JAX nor TF; its threads are the only ones busy while it is timed.
     """
 
-    def __init__(self, cfg: Config, batch: dict[str, np.ndarray], threads: int, matmul: int):
+    def __init__(
+        self,
+        cfg: Config,
+        batch: dict[str, np.ndarray],
+        threads: int,
+        matmul: int,
+        device: str = "cpu",
+    ):
         self._dir = tempfile.TemporaryDirectory()
         path = os.path.join(self._dir.name, "batch.npz")
         np.savez(path, vision=batch["vision"], text=batch["text"])
-        setup = {"config": dataclasses.asdict(cfg), "batch": path, "threads": threads}
+        setup = {
+            "config": dataclasses.asdict(cfg),
+            "batch": path,
+            "threads": threads,
+            "device": device,
+        }
         # OpenMP's threads wait for work by spinning; on a shared machine a spinning thread
         # holds a core another needs, and each of the step's hundreds of parallel regions
         # then waits a scheduler slice (measured: Adam's update 2 s instead of 20 ms).
@@ -254,14 +274,20 @@ def _serve() -> None:
     setup = json.loads(sys.stdin.readline())
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in setup["config"].items()})
     batch = np.load(setup["batch"])
-    peer = Peer(cfg, batch["vision"], batch["text"], setup["threads"])
+    device = setup["device"]
+    if device.startswith("cuda"):
+        import torch
+
+        # TensorFloat-32 matmuls, as XLA uses for float32 dots on the GPU by default.
+        torch.set_float32_matmul_precision("high")
+    peer = Peer(cfg, batch["vision"], batch["text"], setup["threads"], device)
     peer.forward_backward()  # gradients for `update` alone
     parts = {
         "step": peer.step,
         "forward": peer.forward,
         "forward+backward": peer.forward_backward,
         "update": peer.update,
-        "matmul": _matmul(setup["matmul"]),
+        "matmul": _matmul(setup["matmul"], device),
     }
     print(json.dumps({"num_params": num_params(peer.params)}), flush=True)
     for line in sys.stdin:
