@@ -124,6 +124,39 @@ def test_an_image_model_carried_into_a_video_model_sees_images_the_same():
     assert "embedders_vision/tubelet/kernel" in report["kept"]
 
 
+def test_vivit_models_2_and_3_start_from_a_joint_model():
+    """Seed 001 §3.4: Model 3's spatial attention is the joint model's and its temporal
+    attention adds nothing at first (output projection zero), so on a clip of one tubelet in
+    time it computes the joint model's tokens; Model 2's spatial encoder is the joint
+    encoder, its temporal encoder keeps its initialisation."""
+    joint = ImpModel(**SMALL, vision_max_grid=(2, 4, 4))
+    source = surgery.flatten(_params(joint))
+    model_3 = joint.clone(attention="factorised_self_attention", scan_layers=False)
+    target = surgery.flatten(_params(model_3))
+    values, report = surgery.transfer(target, source, 2)
+    layer = "encoder/segment_0_1/dense_0"
+    assert f"{layer}/attention_space/qkv_kernel" in report["converted"]
+    assert f"{layer}/ln_attention_space/LayerNorm_0/scale" in report["converted"]
+    assert f"{layer}/attention_time/qkv_kernel" in report["kept"]
+    assert not np.any(values[f"{layer}/attention_time/out_kernel"])
+    assert not [n for n in report["dropped"] if n.startswith("encoder/")]
+    clip = jax.random.uniform(jax.random.key(7), (2, 2, 16, 16, 3), minval=-1, maxval=1)
+    encode = functools.partial(ImpModel.encode, modality="vision", x=clip)
+    got = model_3.apply({"params": surgery.unflatten(target | values)}, method=encode)[0]
+    expected = joint.apply({"params": surgery.unflatten(source)}, method=encode)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+    model_2 = joint.clone(temporal_layers=1)
+    target = surgery.flatten(_params(model_2))
+    values, report = surgery.transfer(target, source, 2)
+    spatial = "encoder/spatial/segment_0/dense_0/mlp/wi/kernel"
+    np.testing.assert_array_equal(
+        values[spatial], source["encoder/segment_0/dense_0/mlp/wi/kernel"]
+    )
+    assert "encoder/spatial/ln_final/LayerNorm_0/scale" in report["converted"]
+    assert all(n in report["kept"] for n in target if n.startswith("encoder/temporal/"))
+
+
 def test_a_shape_no_rule_converts_is_named():
     source = surgery.flatten(_params(ImpModel(**SMALL)))
     target = surgery.flatten(_params(ImpModel(**{**SMALL, "mlp_dim": 64})))

@@ -5,7 +5,8 @@ Parameters are flat dicts `{"embedders_vision/tubelet/kernel": array}` (`flatten
 takes a target model's parameters from a source's: equal shapes are copied; a tubelet kernel
 of another depth goes through the source's 2D image kernel (`image_kernel`) and one of the
 `TUBELET_INITS`; a position table of another grid is interpolated (`resize_grid`);
-scanned and unrolled layer layouts are converted (`to_layout`); what the source lacks (a new
+scanned and unrolled layer layouts are converted (`to_layout`); ViViT's factorised models
+take their layers from a joint encoder (`video_aliases`); what the source lacks (a new
 head, a new modality) keeps the target's initialisation, and what the target lacks is
 dropped, and so is a classifier head of another class count. The report says which parameter
 went which way.
@@ -187,10 +188,49 @@ def _check_tokens(target: dict, source: dict) -> None:
             )
 
 
-def match(target: dict, source: dict, target_depth: int) -> tuple[dict, dict[str, str]]:
-    """`source` in the target's layer layout, and the `plan` of each target parameter."""
+def _zeros_like(leaf):
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return leaf
+    return np.zeros(leaf.shape, leaf.dtype)
+
+
+def video_aliases(target: dict, source: dict) -> dict:
+    """Parameters of ViViT's factorised models taken from a joint encoder, as ViViT starts
+    them from an image model (seed 001 §3.4): Model 3's spatial attention (and its LayerNorm)
+    is the joint attention, and its temporal attention's output projection starts at zero,
+    so each block begins as the image model's; Model 2's spatial encoder is the whole joint
+    encoder (its temporal encoder keeps its initialisation). Returns the entries to add to
+    `source` (both in one layer layout) for target names it lacks, and the source names they
+    came from."""
+    added, origins = {}, set()
+    for name, leaf in target.items():
+        if name in source:
+            continue
+        if name.startswith("encoder/spatial/"):
+            origin = "encoder/" + name.removeprefix("encoder/spatial/")
+        elif "/attention_space/" in name or "/ln_attention_space/" in name:
+            origin = name.replace("_space/", "/", 1)
+        elif re.search(r"/attention_time/out_(kernel|bias)$", name):
+            joint = name.replace("/attention_time/", "/attention/", 1)
+            if joint in source:
+                added[name] = _zeros_like(leaf)
+            continue
+        else:
+            continue
+        if origin in source:
+            added[name] = source[origin]
+            origins.add(origin)
+    return added, origins
+
+
+def match(target: dict, source: dict, target_depth: int) -> tuple[dict, dict[str, str], set]:
+    """`source` in the target's layer layout (with `video_aliases`), the `plan` of each
+    target parameter, and the source names the aliases read."""
     source = to_layout(source, scanned=any(_SCANNED.match(n) for n in target))
-    return source, plan(target, source, target_depth)
+    added, origins = video_aliases(target, source)
+    source = source | added
+    rules = plan(target, source, target_depth)
+    return source, {n: "alias" if n in added else r for n, r in rules.items()}, origins
 
 
 def transfer(
@@ -206,7 +246,7 @@ def transfer(
     `target_depth` is the target's tubelet depth (`vision_patch[0]`); the source's follows
     from its tubelet kernel (the two share the patch's height and width).
     """
-    source, rules = match(target, source, target_depth)
+    source, rules, origins = match(target, source, target_depth)
     values, report = {}, {"copied": [], "converted": [], "kept": [], "dropped": []}
     for name, rule in rules.items():
         if rule == "keep" or (rule == "tubelet" and tubelet_init == "random"):
@@ -220,5 +260,5 @@ def transfer(
             value = resize_grid(value, want.shape[:-1])
         values[name] = value.astype(want.dtype)
         report["copied" if rule == "copy" else "converted"].append(name)
-    report["dropped"] = sorted(set(source) - set(target))
+    report["dropped"] = sorted(set(source) - set(target) - origins)
     return values, report
