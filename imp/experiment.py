@@ -37,6 +37,7 @@ from imp import validation
 from imp.errors import ImpError
 from imp.modeling.model import (
     ImpModel,
+    adaptor_stack,
     check_config,
     check_routing_groups,
     needs_token_grid,
@@ -297,6 +298,12 @@ class Experiment:
             f"{self.model.temporal_layers}, token_learner = {self.model.token_learner!r}) reads "
             f"them as a full grid of frames and positions; use a joint encoder or a variant "
             f"without DropToken (Dataset.image_droptoken / the video droptoken variant)",
+        )
+        missing = [m for m in spec.modalities if not adaptor_stack(self.model, m, spec.frames)]
+        validation.require(
+            not self.model.adaptor_layers or not missing,
+            f"{where} reads {missing}, which ImpModel.adaptor_modalities = "
+            f"{tuple(self.model.adaptor_modalities)} has no adaptor layers for: add them",
         )
         for train, label in ((True, "training input"), (False, "evaluation input")):
             try:

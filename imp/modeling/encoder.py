@@ -162,6 +162,7 @@ class Encoder(nn.Module):
     qk_layernorm: bool = False
     attention: str = "joint"
     approximate_gelu: bool = True
+    final_norm: bool = True  # a last LayerNorm (not in a stack that feeds another, `adaptors`)
 
     @nn.compact
     def __call__(
@@ -194,4 +195,4 @@ class Encoder(nn.Module):
         stats = (
             jax.tree.map(lambda *v: jnp.mean(jnp.stack(v), 0), *layer_stats) if layer_stats else {}
         )
-        return LayerNorm(name="ln_final")(x), mask, stats
+        return (LayerNorm(name="ln_final")(x) if self.final_norm else x), mask, stats

@@ -3,7 +3,8 @@ from shapes only (`jax.eval_shape` and XLA's cost analysis of the lowered graph;
 allocated, so IMP-MoE-L is as quick as tiny).
 
 Parameters per token (PPT, seed 004 Table 1) count what one vision token passes through: its
-embedder (tubelet projection and position tables), the encoder with one expert per MoE layer,
+embedder (tubelet projection and position tables, a class token), its modality-adaptor layers
+(PolyViT), the encoder with one expert per MoE layer,
 and one contrastive head (vision to text). Lookup tables of other modalities (e.g. the text
 vocabulary), the other contrastive heads and the classifier heads are not on that path.
 """
@@ -41,6 +42,8 @@ def model_info(model: ImpModel) -> dict:
     one_expert = experts // model.num_experts if model.num_experts else experts
     ppt = (
         components["embedders_vision"]
+        + components.get("class_tokens_vision", 0)
+        + components.get("adaptors_vision", 0)
         + _count(encoder)
         - experts
         + one_expert
@@ -70,6 +73,7 @@ def model_info(model: ImpModel) -> dict:
                 "class_token",
                 "pool",
                 "gelu",
+                "adaptor_layers",
                 "qk_layernorm",
                 "embed_dim",
                 "contrastive_head",

@@ -161,6 +161,12 @@ class ImpModel(nn.Module):
     class_token: bool = False
     pool: str = "mean"
     gelu: str = "tanh"
+    # PolyViT's modality-adaptor layers (seed 000 §3.2, L_adapt): the first `adaptor_layers`
+    # of the `num_layers` are one dense stack per entry of `adaptor_modalities`, the rest are
+    # shared (and hold the MoE layers, if any). "vision" is one stack for images and videos;
+    # "image" and "video" are PolyViT's two (`adaptor_stack`).
+    adaptor_layers: int = 0
+    adaptor_modalities: tuple[str, ...] = MODALITIES
 
     def setup(self):
         vision = VisionEmbedder(
@@ -232,8 +238,26 @@ class ImpModel(nn.Module):
             )
         else:
             make_encoder = functools.partial(
-                make_encoder, num_layers=self.num_layers, attention=self.attention, **sparse
+                make_encoder,
+                num_layers=self.num_layers - self.adaptor_layers,
+                attention=self.attention,
+                **sparse,
             )
+        if self.adaptor_layers:
+            self.adaptors = {
+                m: Encoder(
+                    self.adaptor_layers,
+                    self.num_heads,
+                    self.mlp_dim,
+                    self.scan_layers,
+                    self.remat_policy,
+                    qk_layernorm=self.qk_layernorm,
+                    attention=self.attention,
+                    approximate_gelu=self.gelu == "tanh",
+                    final_norm=False,
+                )
+                for m in self.adaptor_modalities
+            }
         assert self.towers in TOWERS, self.towers  # `check_config` names a wrong value
         if self.towers == "shared":
             self.encoder = make_encoder()
@@ -283,8 +307,12 @@ class ImpModel(nn.Module):
             tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
         if self.class_token:
             tokens, mask = self.class_tokens[modality](tokens, mask)
+        grid = self._grid(modality, x.shape[1:])
+        stack = adaptor_stack(self, modality, x.shape[1] if modality == "vision" else 0)
+        if stack is not None:
+            tokens, mask, _ = self.adaptors[stack](tokens, mask, grid)
         encoder = self.encoder if self.towers == "shared" else self.encoders[modality]
-        return encoder(tokens, mask, self._grid(modality, x.shape[1:]))
+        return encoder(tokens, mask, grid)
 
     def _grid(self, modality: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
         """`(frames, space)` of a video's tokens, for the factorised attentions."""
@@ -335,8 +363,11 @@ class ImpModel(nn.Module):
         return out
 
     def init_everything(self, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """Touches every embedder, projection and head so `init` creates all parameters."""
+        """Touches every embedder, adaptor stack, projection and head so `init` creates all
+        parameters (a one-frame clip reaches the "image" adaptors)."""
         out = self(inputs)
+        if self.adaptor_layers:
+            self.encode("vision", inputs["vision"][:, :1])
         for name, _ in self.heads:
             self.classifiers[name](out["pooled/vision"])
         return out
@@ -346,6 +377,22 @@ def _one_of(field: str, value, options) -> None:
     if value not in options:
         hint = did_you_mean(str(value), options) or f"; choose from {tuple(options)}"
         raise ImpError(f"ImpModel.{field} = {value!r} is not known{hint}")
+
+
+ADAPTOR_STACKS = (*MODALITIES, "image", "video")
+
+
+def adaptor_stack(model: ImpModel, modality: str, frames: int) -> str | None:
+    """The adaptor stack an input goes through (None: none, straight to the shared layers):
+    its modality's, or for vision "image" (one frame) or "video" where those are configured
+    apart (PolyViT's image and video tokenizers)."""
+    if not model.adaptor_layers:
+        return None
+    if modality == "vision":
+        split = "image" if frames == 1 else "video"
+        if split in model.adaptor_modalities:
+            return split
+    return modality if modality in model.adaptor_modalities else None
 
 
 def needs_token_grid(model: ImpModel) -> bool:
@@ -396,6 +443,33 @@ def check_config(model: ImpModel) -> None:
             "the factorised encoder (ImpModel.temporal_layers)",
         )
     validation.at_least("ImpModel.temporal_layers", model.temporal_layers, 0)
+    validation.require(
+        isinstance(model.adaptor_layers, int) and 0 <= model.adaptor_layers < model.num_layers,
+        f"ImpModel.adaptor_layers = {model.adaptor_layers!r}: PolyViT's modality-adaptor layers "
+        f"are some of the ImpModel.num_layers = {model.num_layers}, at least one left shared",
+    )
+    validation.require(
+        not model.adaptor_layers
+        or (
+            model.towers == "shared"
+            and not model.temporal_layers
+            and model.token_learner == "none"
+            and not model.views
+        ),
+        "ImpModel.adaptor_layers go before a shared encoder of joint or factorised attention: "
+        "not with towers = 'per_modality', temporal_layers, token_learner or views",
+    )
+    validation.require(
+        isinstance(model.adaptor_modalities, tuple | list)
+        and set(model.adaptor_modalities) <= set(ADAPTOR_STACKS)
+        and not (
+            "vision" in model.adaptor_modalities
+            and {"image", "video"} & set(model.adaptor_modalities)
+        ),
+        f"ImpModel.adaptor_modalities = {model.adaptor_modalities!r}: a tuple of "
+        f"{ADAPTOR_STACKS}, with 'vision' (one stack for images and videos) or 'image' and "
+        "'video', not both",
+    )
     if model.views:
         _check_views(model)
     validation.require(
@@ -432,7 +506,7 @@ def check_config(model: ImpModel) -> None:
             1 <= model.top_k <= model.num_experts,
             f"ImpModel.top_k = {model.top_k} must lie in [1, num_experts = {model.num_experts}]",
         )
-        parts = [model.num_layers]
+        parts = [model.num_layers - model.adaptor_layers]
         if model.token_learner != "none":
             parts = [model.token_learner_layer, model.num_layers - model.token_learner_layer]
         try:

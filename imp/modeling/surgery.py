@@ -6,7 +6,8 @@ takes a target model's parameters from a source's: equal shapes are copied; a tu
 of another depth goes through the source's 2D image kernel (`image_kernel`) and one of the
 `TUBELET_INITS`; a position table of another grid is interpolated (`resize_grid`);
 scanned and unrolled layer layouts are converted (`to_layout`); ViViT's factorised models
-take their layers from a joint encoder (`video_aliases`); what the source lacks (a new
+take their layers from a joint encoder (`video_aliases`), PolyViT's modality-adaptor layers
+from the first layers of an encoder without them (`adaptor_split`); what the source lacks (a new
 head, a new modality) keeps the target's initialisation, and what the target lacks is
 dropped, and so is a classifier head of another class count. The report says which parameter
 went which way.
@@ -27,8 +28,9 @@ TUBELET_INITS = ("inflate", "central_frame", "random")
 
 _TUBELET = "embedders_vision/tubelet/kernel"
 _POSITIONS = re.compile(r"^embedders_\w+/pos/(axis_\d+|table)$")
-_SCANNED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)/(.+)$")
-_UNROLLED = re.compile(r"^(encoders?\w*(?:/\w+)*?)/segment_(\d+)_(\d+)/(.+)$")
+_STACK = r"^((?:encoders?|adaptors)\w*(?:/\w+)*?)"  # a collection of layer segments
+_SCANNED = re.compile(_STACK + r"/segment_(\d+)/(.+)$")
+_UNROLLED = re.compile(_STACK + r"/segment_(\d+)_(\d+)/(.+)$")
 
 
 def flatten(tree) -> dict:
@@ -223,9 +225,36 @@ def video_aliases(target: dict, source: dict) -> dict:
     return added, origins
 
 
+def adaptor_split(target: dict, source: dict) -> dict:
+    """PolyViT from a model without modality-adaptor layers (seed 000 §4.3): every modality's
+    adaptor stack starts from the source's first `L_adapt` encoder layers, and the shared
+    layers from its last `L - L_adapt`. `source` in the unrolled layout; returned with its
+    encoder layers renamed so (unchanged when the target has no adaptors or the source has)."""
+    names = to_layout(target, scanned=False)
+    layers = [re.match(r"^adaptors_(\w+?)/segment_0_(\d+)/", n) for n in names]
+    layers = [m for m in layers if m]
+    if not layers or any(n.startswith("adaptors_") for n in source):
+        return source
+    modalities = sorted({m.group(1) for m in layers})
+    depth = 1 + max(int(m.group(2)) for m in layers)
+    out = {}
+    for name, leaf in source.items():
+        found = _UNROLLED.match(name)
+        if found is None or found.group(1) != "encoder" or found.group(2) != "0":
+            out[name] = leaf
+            continue
+        i, rest = int(found.group(3)), found.group(4)
+        if i < depth:
+            out |= {f"adaptors_{m}/segment_0_{i}/{rest}": leaf for m in modalities}
+        else:
+            out[f"encoder/segment_0_{i - depth}/{rest}"] = leaf
+    return out
+
+
 def match(target: dict, source: dict, target_depth: int) -> tuple[dict, dict[str, str], set]:
-    """`source` in the target's layer layout (with `video_aliases`), the `plan` of each
-    target parameter, and the source names the aliases read."""
+    """`source` in the target's layer layout (with `adaptor_split` and `video_aliases`), the
+    `plan` of each target parameter, and the source names the aliases read."""
+    source = adaptor_split(target, to_layout(source, scanned=False))
     source = to_layout(source, scanned=any(_SCANNED.match(n) for n in target))
     added, origins = video_aliases(target, source)
     source = source | added

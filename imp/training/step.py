@@ -27,9 +27,10 @@ from imp.training.train_state import TrainState
 
 def used_parameters(task: TaskSpec) -> set[str]:
     """Top-level parameter collections the task reads."""
-    used = {"encoder"} | {
-        f"{part}_{m}" for m in task.modalities for part in ("embedders", "encoders")
-    }
+    parts = ("embedders", "class_tokens", "adaptors", "encoders")
+    used = {"encoder"} | {f"{part}_{m}" for m in task.modalities for part in parts}
+    if "vision" in task.modalities:  # PolyViT's separate image and video adaptors
+        used.add("adaptors_image" if task.frames == 1 else "adaptors_video")
     if task.objective in CLASSIFICATION:
         used.add(f"classifiers_{task.head}")
     else:
