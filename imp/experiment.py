@@ -53,7 +53,7 @@ from imp.training.step import TaskLoss
 from imp.training.train_state import TrainState
 
 EVAL_ROWS = 64  # rows of one evaluation forward call, before rounding to the mesh
-TASK_OPTIONS = {"loss_weight": float, "lr_multiplier": float, "head_name": str}
+TASK_OPTIONS = {"loss_weight": float, "lr_multiplier": float, "head_name": str, "mixup": float}
 _NO_RUN = (
     "no run is configured ({missing} unbound): the gin files given describe a model, not what "
     "to train; add a run file, e.g. --gin_file runs/demo.gin, or gin/data/my_videos.gin for "
@@ -73,7 +73,7 @@ def _recipe(
 ) -> dict:
     """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
     hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
-    lr_multiplier, head_name}}`, the seed of initialisation, sampling and data order, and
+    lr_multiplier, head_name, mixup}}`, the seed of initialisation, sampling and data order, and
     another run's checkpoint to start from (`@InitFrom()`, `imp.training.initialise`)."""
     return dict(
         model_dir=model_dir,
@@ -285,6 +285,11 @@ class Experiment:
             f"{dict(self.partitioner.mesh.shape)})",
         )
         validation.require(
+            not spec.mixup or spec.objective in CLASSIFICATION,
+            f"{where}: Experiment.task_options mixup = {spec.mixup} mixes labels, and this task "
+            f"has none (objective {spec.objective!r})",
+        )
+        validation.require(
             spec.vocab_size <= self.model.vocab_size,
             f"ImpModel.vocab_size = {self.model.vocab_size} is smaller than the vocabulary of "
             f"{where} ({spec.vocab_size} ids); bind ImpModel.vocab_size >= {spec.vocab_size}",
@@ -360,7 +365,8 @@ def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple[str, int], ...]:
 
 
 def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
-    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name}) applied;
+    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name, mixup})
+    applied;
     with `strict`, each task named must be one of `tasks`."""
     if options is None:
         return tasks
@@ -386,6 +392,7 @@ def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> 
             validation.require(not mismatch, f"{where}['{field}'] = {value!r}: expected {mismatch}")
         validation.at_least(f"{where}['loss_weight']", fields.get("loss_weight", 1.0), 0.0)
         validation.at_least(f"{where}['lr_multiplier']", fields.get("lr_multiplier", 1.0), 0.0)
+        validation.at_least(f"{where}['mixup']", fields.get("mixup", 0.0), 0.0)
     return [dataclasses.replace(spec, **options.get(spec.name, {})) for spec in tasks]
 
 

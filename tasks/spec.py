@@ -44,6 +44,7 @@ class TaskSpec:
     eval_views: int = 1  # views (clips x spatial crops) per evaluation example, averaged
     loss_weight: float = 1.0
     lr_multiplier: float = 1.0
+    mixup: float = 0.0  # Mixup's alpha in training (a classification task's); 0 = none
     head_name: str = ""  # the classifier head; "" = one per data set
     text_source: str = "captions"  # one of TEXT_SOURCES
 

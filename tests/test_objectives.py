@@ -1,5 +1,7 @@
+import jax
 import numpy as np
 import pytest
+import scipy.stats
 
 from imp import objectives
 
@@ -66,3 +68,42 @@ def test_nce_of_perfectly_aligned_pairs_is_near_zero():
     embeddings = {("text", "vision"): a, ("vision", "text"): a}
     loss, metrics = objectives.nce(embeddings, {("text", "vision"): 100.0})
     assert loss < 1e-6 and metrics["accuracy/text_vision"] == 1.0
+
+
+def test_mixup_mixes_inputs_and_labels_as_numpy_does():
+    """One weight for the batch, each example with its partner of a permutation; token ids
+    unmixed; the soft-target loss is numpy's cross-entropy against the mixed labels."""
+    rng = np.random.default_rng(3)
+    inputs = {
+        "vision": rng.normal(size=(8, 1, 4, 4, 3)).astype(np.float32),
+        "text": rng.integers(1, 9, size=(8, 5)).astype(np.int32),
+    }
+    labels = rng.integers(0, 5, size=8)
+    one_hot = np.eye(5, dtype=np.float32)[labels]
+    mixed, targets, info = objectives.mixup(jax.random.key(0), inputs, one_hot, 0.3)
+    lam, perm = float(info["lam"]), np.asarray(info["perm"])
+    assert sorted(perm) == list(range(8)) and 0.0 <= lam <= 1.0
+    np.testing.assert_allclose(targets, lam * one_hot + (1 - lam) * one_hot[perm], rtol=1e-6)
+    expected = lam * inputs["vision"] + (1 - lam) * inputs["vision"][perm]
+    np.testing.assert_allclose(mixed["vision"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mixed["text"], inputs["text"])
+    np.testing.assert_allclose(np.asarray(targets).sum(-1), 1.0, rtol=1e-6)
+
+    logits = rng.normal(size=(8, 5))
+    loss, metrics = objectives.softmax_cross_entropy(logits, labels, 0.0, targets)
+    expected_loss = -(np.asarray(targets) * _log_softmax(logits)).sum(-1).mean()
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    assert metrics["accuracy"] == np.mean(logits.argmax(-1) == labels)
+
+
+def test_mixup_weights_follow_beta_alpha_alpha():
+    """Kolmogorov-Smirnov against scipy's Beta(0.3, 0.3) over 4000 fixed keys."""
+    keys = jax.random.split(jax.random.key(1), 4000)
+    one_hot = np.eye(2, dtype=np.float32)
+
+    def lam(key):
+        return objectives.mixup(key, {}, one_hot, 0.3)[2]["lam"]
+
+    draws = np.asarray(jax.vmap(lam)(keys))
+    assert scipy.stats.kstest(draws, scipy.stats.beta(0.3, 0.3).cdf).pvalue > 0.01
+    assert scipy.stats.kstest(draws, scipy.stats.beta(1.0, 1.0).cdf).pvalue < 1e-6

@@ -341,3 +341,24 @@ def test_gradient_similarity_is_the_cosine_of_encoder_gradients():
     cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
     np.testing.assert_allclose(got, [[1.0, cosine], [cosine, 1.0]], rtol=1e-4, atol=1e-6)
     assert abs(cosine) < 0.999  # two different tasks: not trivially aligned
+
+
+def test_a_mixup_task_trains_on_the_mixed_batch():
+    """With `mixup`, the task's loss is the plain loss of the batch mixed by
+    `objectives.mixup` (inputs and one-hot labels, the step's rng split for it)."""
+    import dataclasses
+
+    from imp import objectives
+
+    params = _params()
+    batch, rng = _batch(2, 3), jax.random.key(4)
+    mixing = dataclasses.replace(TASK_A, mixup=0.3)
+    got, _ = jax.jit(lambda p: LOSS(MODEL, mixing, p, batch, rng))(params)
+    _, mix_rng = jax.random.split(rng)
+    one_hot = jax.nn.one_hot(batch["label"], 3)
+    inputs, targets, _ = objectives.mixup(mix_rng, {"vision": batch["vision"]}, one_hot, 0.3)
+    logits = MODEL.apply({"params": params}, inputs, head="a", train=True)["logits"]
+    expected = optax.softmax_cross_entropy(logits, targets).mean()
+    plain, _ = LOSS(MODEL, TASK_A, params, batch, rng)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+    assert abs(float(got) - float(plain)) > 1e-3

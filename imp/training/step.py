@@ -95,6 +95,13 @@ class TaskLoss:
                 m: x.astype(dtype) if x.dtype == jnp.float32 else x for m, x in inputs.items()
             }
         head = task.head if task.objective in CLASSIFICATION else None
+        targets = None
+        if task.mixup > 0:  # a classification task's (checked when the experiment is built)
+            rng, mix_rng = jax.random.split(rng)
+            labels = batch["labels"] if task.objective == "bce" else batch["label"]
+            if task.objective == "softmax":
+                labels = jax.nn.one_hot(labels, task.num_classes)
+            inputs, targets, _ = objectives.mixup(mix_rng, inputs, labels, task.mixup)
         out = model.apply(
             {"params": params},
             inputs,
@@ -106,10 +113,11 @@ class TaskLoss:
         out = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in out.items()}
         if task.objective == "softmax":
             loss, metrics = objectives.softmax_cross_entropy(
-                out["logits"], batch["label"], self.label_smoothing
+                out["logits"], batch["label"], self.label_smoothing, targets
             )
         elif task.objective == "bce":
-            loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], batch["labels"])
+            labels = batch["labels"] if targets is None else targets
+            loss, metrics = objectives.sigmoid_binary_cross_entropy(out["logits"], labels)
         else:
             pairs = list(itertools.combinations(sorted(task.modalities), 2))
             scales = {(x, y): out[f"logit_scale/{x}/{y}"] for x, y in pairs}
