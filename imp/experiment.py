@@ -41,6 +41,7 @@ from imp.modeling.model import (
     check_config,
     check_routing_groups,
     needs_token_grid,
+    supports_drop_path,
     tokens_per_example,
 )
 from imp.partitioning.partitioner import Partitioner
@@ -53,7 +54,13 @@ from imp.training.step import TaskLoss
 from imp.training.train_state import TrainState
 
 EVAL_ROWS = 64  # rows of one evaluation forward call, before rounding to the mesh
-TASK_OPTIONS = {"loss_weight": float, "lr_multiplier": float, "head_name": str, "mixup": float}
+TASK_OPTIONS = {
+    "loss_weight": float,
+    "lr_multiplier": float,
+    "head_name": str,
+    "mixup": float,
+    "stochastic_depth": float,
+}
 _NO_RUN = (
     "no run is configured ({missing} unbound): the gin files given describe a model, not what "
     "to train; add a run file, e.g. --gin_file runs/demo.gin, or gin/data/my_videos.gin for "
@@ -73,8 +80,9 @@ def _recipe(
 ) -> dict:
     """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
     hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
-    lr_multiplier, head_name, mixup}}`, the seed of initialisation, sampling and data order, and
-    another run's checkpoint to start from (`@InitFrom()`, `imp.training.initialise`)."""
+    lr_multiplier, head_name, mixup, stochastic_depth}}`, the seed of initialisation,
+    sampling and data order, and another run's checkpoint to start from (`@InitFrom()`,
+    `imp.training.initialise`)."""
     return dict(
         model_dir=model_dir,
         train_steps=train_steps,
@@ -285,6 +293,12 @@ class Experiment:
             f"{dict(self.partitioner.mesh.shape)})",
         )
         validation.require(
+            not spec.stochastic_depth or supports_drop_path(self.model),
+            f"{where}: Experiment.task_options stochastic_depth goes along the layers of the "
+            "plain encoder, not ViViT's factorised encoder, TokenLearner or MTV "
+            "(ImpModel.temporal_layers, token_learner, views)",
+        )
+        validation.require(
             not spec.mixup or spec.objective in CLASSIFICATION,
             f"{where}: Experiment.task_options mixup = {spec.mixup} mixes labels, and this task "
             f"has none (objective {spec.objective!r})",
@@ -365,8 +379,8 @@ def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple[str, int], ...]:
 
 
 def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
-    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name, mixup})
-    applied;
+    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name, mixup,
+    stochastic_depth}) applied;
     with `strict`, each task named must be one of `tasks`."""
     if options is None:
         return tasks
@@ -393,6 +407,10 @@ def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> 
         validation.at_least(f"{where}['loss_weight']", fields.get("loss_weight", 1.0), 0.0)
         validation.at_least(f"{where}['lr_multiplier']", fields.get("lr_multiplier", 1.0), 0.0)
         validation.at_least(f"{where}['mixup']", fields.get("mixup", 0.0), 0.0)
+        depth = fields.get("stochastic_depth", 0.0)
+        validation.require(
+            0.0 <= depth < 1.0, f"{where}['stochastic_depth'] = {depth}: expected a rate in [0, 1)"
+        )
     return [dataclasses.replace(spec, **options.get(spec.name, {})) for spec in tasks]
 
 

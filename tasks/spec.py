@@ -45,6 +45,7 @@ class TaskSpec:
     loss_weight: float = 1.0
     lr_multiplier: float = 1.0
     mixup: float = 0.0  # Mixup's alpha in training (a classification task's); 0 = none
+    stochastic_depth: float = 0.0  # per-layer drop rate of residual branches in training
     head_name: str = ""  # the classifier head; "" = one per data set
     text_source: str = "captions"  # one of TEXT_SOURCES
 

@@ -362,3 +362,33 @@ def test_a_mixup_task_trains_on_the_mixed_batch():
     plain, _ = LOSS(MODEL, TASK_A, params, batch, rng)
     assert float(got) == pytest.approx(float(expected), rel=1e-5)
     assert abs(float(got) - float(plain)) > 1e-3
+
+
+def test_stochastic_depth_drops_whole_branches_and_keeps_the_expectation():
+    """`drop_path`: each example's branch is 0 or scaled by 1 / (1 - rate), dropped at the
+    rate, and its mean over draws is the branch; a stochastic-depth task trains (finite
+    gradients that differ from the plain task's) and evaluation is unchanged."""
+    import dataclasses
+
+    from imp.modeling.encoder import drop_path
+
+    branch = jnp.arange(1.0, 7.0).reshape(6, 1)
+    draws = jax.vmap(lambda k: drop_path(branch, 0.3, k))(jax.random.split(jax.random.key(0), 4000))
+    values = np.asarray(draws)[..., 0]
+    assert np.all((values == 0) | np.isclose(values, np.arange(1.0, 7.0) / 0.7))
+    assert np.mean(values == 0) == pytest.approx(0.3, abs=0.02)
+    np.testing.assert_allclose(values.mean(0), np.arange(1.0, 7.0), rtol=0.05)
+
+    params = _params()
+    batch, rng = _batch(3, 3), jax.random.key(5)
+    deep = dataclasses.replace(TASK_A, stochastic_depth=0.5)
+    grad = jax.jit(jax.grad(lambda p, t: LOSS(MODEL, t, p, batch, rng)[0]), static_argnums=1)
+    g_deep, g_plain = grad(params, deep), grad(params, TASK_A)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(g_deep))
+    differences = jax.tree.leaves(
+        jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), g_deep, g_plain)
+    )
+    assert max(differences) > 1e-4
+    evaluated = MODEL.apply({"params": params}, {"vision": batch["vision"]}, head="a")
+    again = MODEL.apply({"params": params}, {"vision": batch["vision"]}, head="a", drop_path=0.5)
+    np.testing.assert_array_equal(evaluated["logits"], again["logits"])  # not training

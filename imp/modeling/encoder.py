@@ -39,7 +39,7 @@ def scanned(layer: type[nn.Module], length: int) -> type[nn.Module]:
     return nn.scan(
         layer,
         variable_axes={"params": 0},
-        split_rngs={"params": True},
+        split_rngs={"params": True, "drop_path": True},
         in_axes=nn.broadcast,
         length=length,
         metadata_params={nn.PARTITION_NAME: "layers"},
@@ -62,6 +62,16 @@ def layer_plan(
     return [(pattern, repeats) for pattern, repeats in plan if repeats]
 
 
+def drop_path(branch: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
+    """Stochastic depth (Huang et al. 2016; seed 000 trains audio with 0.3): each example's
+    residual branch `[batch, ...]` is dropped with probability `rate`, and the kept ones are
+    scaled by 1 / (1 - rate), so the expected branch is the evaluation branch."""
+    keep = 1.0 - rate
+    shape = (branch.shape[0],) + (1,) * (branch.ndim - 1)
+    kept = jax.random.bernoulli(rng, keep, shape)
+    return branch * kept.astype(branch.dtype) / keep
+
+
 # How a block attends over video tokens (seed 001, ViViT): "joint" over all space-time tokens
 # (Model 1, IMP's encoder); "factorised_self_attention" first within each frame, then along
 # each position, with separate weights (Model 3); "factorised_dot_product" with half the heads
@@ -81,6 +91,7 @@ class EncoderBlock(nn.Module):
     attention: str = "joint"
     grid: tuple[int, int] | None = None
     approximate_gelu: bool = True
+    drop_path: float = 0.0  # stochastic depth in training (`drop_path`); 0 in evaluation
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, dict]:
@@ -92,12 +103,17 @@ class EncoderBlock(nn.Module):
             attention = SelfAttention(
                 self.num_heads, self.qk_layernorm, factorised, name="attention"
             )
-            x = x + attention(LayerNorm(name="ln_attention")(x), mask, self.grid)
+            x = x + self._drop(attention(LayerNorm(name="ln_attention")(x), mask, self.grid))
         h = LayerNorm(name="ln_mlp")(x)
         if self.moe is None:
-            return x + MlpBlock(self.mlp_dim, self.approximate_gelu, name="mlp")(h), {}
+            return x + self._drop(MlpBlock(self.mlp_dim, self.approximate_gelu, name="mlp")(h)), {}
         y, stats = MoeMlp(self.moe, self.mlp_dim, self.approximate_gelu, name="moe")(h, mask)
-        return x + y, stats
+        return x + self._drop(y), stats
+
+    def _drop(self, branch: jax.Array) -> jax.Array:
+        if not self.drop_path:
+            return branch
+        return drop_path(branch, self.drop_path, self.make_rng("drop_path"))
 
     def _factorised_self_attention(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         """Model 3: residual attention within each frame, then along each position."""
@@ -108,7 +124,7 @@ class EncoderBlock(nn.Module):
         ):
             attention = SelfAttention(self.num_heads, self.qk_layernorm, name=f"attention_{axis}")
             h = to(LayerNorm(name=f"ln_attention_{axis}")(x), self.grid)
-            x = x + back(attention(h, to(mask, self.grid)), batch)
+            x = x + self._drop(back(attention(h, to(mask, self.grid)), batch))
         return x
 
 
@@ -123,6 +139,7 @@ class BlockGroup(nn.Module):
     attention: str = "joint"
     grid: tuple[int, int] | None = None
     approximate_gelu: bool = True
+    drop_path: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, list[dict]]:
@@ -137,6 +154,7 @@ class BlockGroup(nn.Module):
                 self.attention,
                 self.grid,
                 self.approximate_gelu,
+                self.drop_path,
                 name=f"{kind}_{i}",
             )
             x, s = block(x, mask)
@@ -149,7 +167,8 @@ class Encoder(nn.Module):
     """`[batch, length, embed]` tokens with `[batch, length]` mask -> encoded tokens, their
     mask (the same) and the routing statistics averaged over MoE layers (empty for a dense
     encoder). `grid`: the `(frames, space)` layout of video tokens for the factorised
-    `attention`s."""
+    `attention`s; `drop_path`: the stochastic depth rate of every layer (training; an rng
+    "drop_path")."""
 
     num_layers: int
     num_heads: int
@@ -166,7 +185,11 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array, grid: tuple[int, int] | None = None
+        self,
+        x: jax.Array,
+        mask: jax.Array,
+        grid: tuple[int, int] | None = None,
+        drop_path: float = 0.0,
     ) -> tuple[jax.Array, jax.Array, dict]:
         assert self.remat_policy in REMAT_POLICIES, self.remat_policy  # see `check_config`
         assert self.attention in ATTENTIONS, self.attention
@@ -183,6 +206,7 @@ class Encoder(nn.Module):
                 self.attention,
                 grid if self.attention != "joint" else None,
                 self.approximate_gelu,
+                drop_path,
             )
             if self.scan_layers:
                 stack = scanned(group, repeats)(*args, name=f"segment_{j}")

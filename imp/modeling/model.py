@@ -297,22 +297,30 @@ class ImpModel(nn.Module):
         }
 
     def encode(
-        self, modality: str, x: jax.Array, drop_rate: float = 0.0, train: bool = False
+        self,
+        modality: str,
+        x: jax.Array,
+        drop_rate: float = 0.0,
+        train: bool = False,
+        drop_path: float = 0.0,
     ) -> tuple[jax.Array, jax.Array, dict]:
         """One modality -> encoded tokens `[batch, length, d_model]` (the class token first,
         with `class_token`), their mask, and the MoE routing statistics of this modality's
-        tokens."""
+        tokens. In training, DropToken at `drop_rate` and stochastic depth at `drop_path`
+        (along the adaptor and shared layers, as seed 000; rng "drop_path")."""
         tokens, mask = self.embedders[modality](x)
         if train and drop_rate > 0.0 and modality != "text":
             tokens, mask = drop_tokens(tokens, mask, drop_rate, self.make_rng("droptoken"))
         if self.class_token:
             tokens, mask = self.class_tokens[modality](tokens, mask)
         grid = self._grid(modality, x.shape[1:])
+        # Only `Encoder`s take a rate (`supports_drop_path`, checked per task).
+        depth = {"drop_path": drop_path} if train and drop_path else {}
         stack = adaptor_stack(self, modality, x.shape[1] if modality == "vision" else 0)
         if stack is not None:
-            tokens, mask, _ = self.adaptors[stack](tokens, mask, grid)
+            tokens, mask, _ = self.adaptors[stack](tokens, mask, grid, **depth)
         encoder = self.encoder if self.towers == "shared" else self.encoders[modality]
-        return encoder(tokens, mask, grid)
+        return encoder(tokens, mask, grid, **depth)
 
     def _grid(self, modality: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
         """`(frames, space)` of a video's tokens, for the factorised attentions."""
@@ -337,6 +345,7 @@ class ImpModel(nn.Module):
         head: str | None = None,
         drop_rate: float = 0.0,
         train: bool = False,
+        drop_path: float = 0.0,
     ) -> dict[str, jax.Array]:
         """Returns `logits` for a classification head, else `embedding/<source>/<target>`
         (L2-normalised `[batch, embed_dim]`: the source input in the space it shares with
@@ -345,7 +354,9 @@ class ImpModel(nn.Module):
         out = self.logit_scales()
         for modality in MODALITIES:
             if modality in inputs:
-                tokens, mask, stats = self.encode(modality, inputs[modality], drop_rate, train)
+                tokens, mask, stats = self.encode(
+                    modality, inputs[modality], drop_rate, train, drop_path
+                )
                 out[f"pooled/{modality}"] = self.pooled(tokens, mask)
                 out.update({f"routing/{modality}/{k}": v for k, v in stats.items()})
         if head is not None:
@@ -393,6 +404,13 @@ def adaptor_stack(model: ImpModel, modality: str, frames: int) -> str | None:
         if split in model.adaptor_modalities:
             return split
     return modality if modality in model.adaptor_modalities else None
+
+
+def supports_drop_path(model: ImpModel) -> bool:
+    """Whether the encoder takes a stochastic depth rate: the plain `Encoder` (joint or
+    factorised attention, with or without adaptors), not ViViT's factorised encoder,
+    TokenLearner or MTV."""
+    return not model.temporal_layers and model.token_learner == "none" and not model.views
 
 
 def needs_token_grid(model: ImpModel) -> bool:

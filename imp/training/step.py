@@ -108,7 +108,8 @@ class TaskLoss:
             head=head,
             drop_rate=task.drop_rate,
             train=True,
-            rngs={"droptoken": rng},
+            drop_path=task.stochastic_depth,
+            rngs={"droptoken": rng, "drop_path": jax.random.fold_in(rng, 1)},
         )
         out = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in out.items()}
         if task.objective == "softmax":
