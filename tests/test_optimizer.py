@@ -152,6 +152,38 @@ def test_each_group_is_bias_corrected_for_its_own_updates(eps, weight_decay):
     }
 
 
+def test_sgd_with_momentum_matches_numpy_with_frozen_groups():
+    """PolyViT's optimizer: one momentum trace (`trace = g + 0.9 trace`, step `-lr * trace`),
+    and a group's trace holds still on the steps that do not sample it."""
+    tx, _ = make_optimizer(
+        DECAY,
+        learning_rate=PEAK,
+        warmup_steps=WARMUP,
+        weight_decay=0.1,
+        clip_norm=None,
+        optimizer="sgd",
+        momentum=0.9,
+    )
+    paths, treedef = jax.tree_util.tree_flatten_with_path(_params())
+    params = [np.float64(p) for _, p in paths]
+    trace = [np.zeros_like(p) for p in params]
+    group = [path[0].key for path, _ in paths]
+    kernel = [path[-1].key == "kernel" for path, _ in paths]
+    for t, tasks in enumerate(STEPS):
+        used = set().union(*(USED[task.name] for task in tasks))
+        for i, g in enumerate(jax.tree.leaves(_grads(t, used))):
+            if group[i] in used:
+                trace[i] = g + 0.9 * trace[i]
+                step = trace[i] + (0.1 * params[i] if kernel[i] else 0.0)
+                params[i] = params[i] - _learning_rate(t) * step
+    expected = jax.tree.unflatten(treedef, params)
+    assert _max_difference(_run(tx)["params"], expected) < 1e-5
+    with pytest.raises(ImpError, match="make_optimizer.optimizer = 'lamb': choose from"):
+        make_optimizer(10, optimizer="lamb")
+    with pytest.raises(ImpError, match=r"make_optimizer.momentum = 1.0: expected a number in"):
+        make_optimizer(10, optimizer="sgd", momentum=1.0)
+
+
 @pytest.mark.parametrize("eps, weight_decay", [(1e-8, 0.0), (1e-7, 0.1)])
 def test_one_global_count_would_miss_the_reference(eps, weight_decay):
     """optax's Adam (one count for the run) through the same freezing: the reference above

@@ -82,6 +82,11 @@ def kernel_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: is_kernel(path), params)
 
 
+# "adam": Adam with one update count per parameter group (seed 004); "sgd": SGD with momentum,
+# one momentum state for every task (PolyViT, seed 000 Appendix B, and ViT fine-tuning).
+OPTIMIZERS = ("adam", "sgd")
+
+
 # Registered, not decorated: `Experiment.from_gin` applies the bindings (`make_optimizer.*`).
 @gin.register
 def make_optimizer(
@@ -94,11 +99,15 @@ def make_optimizer(
     weight_decay: float = 0.0,  # seed 004 §4 trains without; the reference code offers it
     clip_norm: float | None = 1.0,
     decay_steps: int | None = None,
+    optimizer: str = "adam",
+    momentum: float = 0.9,  # of "sgd"
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Returns the optimizer and its learning-rate schedule.
+    """Returns the optimizer (`OPTIMIZERS`) and its learning-rate schedule.
 
-    Adam keeps one update count per parameter (see `scale_by_group_adam`). `weight_decay` is
-    decoupled (AdamW: `weight_decay * param` is added to Adam's direction before the learning
+    Adam keeps one update count per parameter (see `scale_by_group_adam`). SGD keeps one
+    momentum trace, `trace = grad + momentum * trace`, and steps along it; under AGD a group's
+    trace, like Adam's moments, holds still on the steps that do not sample it. `weight_decay`
+    is decoupled (AdamW: `weight_decay * param` is added to the direction before the learning
     rate scales it) and applies to kernels only (`is_kernel`).
 
     The cosine decays over `decay_steps` (default: the run's `total_steps`); fix it when a
@@ -117,6 +126,14 @@ def make_optimizer(
         b1 < 1 and b2 < 1, f"make_optimizer: b1 = {b1} and b2 = {b2} must be below 1"
     )
     validation.require(eps > 0, f"make_optimizer.eps = {eps!r}: expected a number > 0")
+    validation.require(
+        optimizer in OPTIMIZERS,
+        f"make_optimizer.optimizer = {optimizer!r}: choose from {OPTIMIZERS}",
+    )
+    validation.require(
+        isinstance(momentum, int | float) and 0 <= momentum < 1,
+        f"make_optimizer.momentum = {momentum!r}: expected a number in [0, 1)",
+    )
     if clip_norm is not None:
         validation.at_least("make_optimizer.clip_norm", clip_norm, 1e-12)
     if decay_steps is not None:
@@ -125,7 +142,10 @@ def make_optimizer(
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, min(warmup_steps, decay_steps - 1), decay_steps
     )
-    update = [scale_by_group_adam(b1, b2, eps)]
+    if optimizer == "adam":
+        update = [scale_by_group_adam(b1, b2, eps)]
+    else:
+        update = [optax.trace(decay=momentum)]
     if weight_decay:
         update.append(optax.add_decayed_weights(weight_decay, mask=kernel_mask))
     update.append(optax.scale_by_learning_rate(schedule))
