@@ -35,6 +35,7 @@ import optax
 
 from imp import validation
 from imp.errors import ImpError
+from imp.modeling.heads import HEAD_INITS
 from imp.modeling.model import (
     ImpModel,
     adaptor_stack,
@@ -60,6 +61,7 @@ TASK_OPTIONS = {
     "head_name": str,
     "mixup": float,
     "stochastic_depth": float,
+    "head_init": str,
 }
 _NO_RUN = (
     "no run is configured ({missing} unbound): the gin files given describe a model, not what "
@@ -80,7 +82,7 @@ def _recipe(
 ) -> dict:
     """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
     hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
-    lr_multiplier, head_name, mixup, stochastic_depth}}`, the seed of initialisation,
+    lr_multiplier, head_name, mixup, stochastic_depth, head_init}}`, the seed of initialisation,
     sampling and data order, and another run's checkpoint to start from (`@InitFrom()`,
     `imp.training.initialise`)."""
     return dict(
@@ -362,26 +364,27 @@ def _check_seed(seed) -> None:
     )
 
 
-def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple[str, int], ...]:
-    """One classifier head per name (`head_name`, default the data set) with its classes; tasks
-    sharing a head must agree on the class count."""
-    heads: dict[str, int] = {}
+def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
+    """One classifier head per name (`head_name`, default the data set) with its classes and,
+    where a task sets one, its initialiser; tasks sharing a head must agree on both."""
+    heads: dict[str, tuple] = {}
     for spec in tasks:
         if spec.objective not in CLASSIFICATION:
             continue
-        if heads.setdefault(spec.head, spec.num_classes) != spec.num_classes:
+        head = (spec.head, spec.num_classes, *([spec.head_init] if spec.head_init else []))
+        if heads.setdefault(spec.head, head) != head:
             raise ImpError(
-                f"task '{spec.name}' shares the classifier head '{spec.head}' with a task of "
-                f"{heads[spec.head]} classes but has {spec.num_classes}; give it its own "
-                "head_name in Experiment.task_options"
+                f"task '{spec.name}' shares the classifier head '{spec.head}' with another "
+                f"task, as {heads[spec.head][1:]} (classes, initialiser) against {head[1:]}; "
+                "give it its own head_name in Experiment.task_options"
             )
-    return tuple(sorted(heads.items()))
+    return tuple(sorted(heads.values()))
 
 
 def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
     """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name, mixup,
-    stochastic_depth}) applied;
-    with `strict`, each task named must be one of `tasks`."""
+    stochastic_depth, head_init}) applied; with `strict`, each task named must be one of
+    `tasks`."""
     if options is None:
         return tasks
     validation.require(
@@ -407,6 +410,10 @@ def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> 
         validation.at_least(f"{where}['loss_weight']", fields.get("loss_weight", 1.0), 0.0)
         validation.at_least(f"{where}['lr_multiplier']", fields.get("lr_multiplier", 1.0), 0.0)
         validation.at_least(f"{where}['mixup']", fields.get("mixup", 0.0), 0.0)
+        validation.require(
+            fields.get("head_init", "zeros") in HEAD_INITS,
+            f"{where}['head_init'] = {fields.get('head_init')!r}: choose from {tuple(HEAD_INITS)}",
+        )
         depth = fields.get("stochastic_depth", 0.0)
         validation.require(
             0.0 <= depth < 1.0, f"{where}['stochastic_depth'] = {depth}: expected a rate in [0, 1)"

@@ -46,6 +46,7 @@ class TaskSpec:
     lr_multiplier: float = 1.0
     mixup: float = 0.0  # Mixup's alpha in training (a classification task's); 0 = none
     stochastic_depth: float = 0.0  # per-layer drop rate of residual branches in training
+    head_init: str = ""  # the classifier head's initialiser (`HEAD_INITS`); "" = ImpModel's
     head_name: str = ""  # the classifier head; "" = one per data set
     text_source: str = "captions"  # one of TEXT_SOURCES
 

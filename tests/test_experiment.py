@@ -1,11 +1,14 @@
 """`Experiment`: task options applied to the tasks and heads, and what its construction refuses
 (the command-line forms of these errors are in test_cli.py)."""
 
+import flax.linen as nn
+import jax
+import numpy as np
 import pytest
 
 from imp.errors import ImpError
 from imp.experiment import Experiment
-from imp.modeling.model import ImpModel
+from imp.modeling.model import ImpModel, init_variables
 from imp.tasks.spec import TaskSpec
 
 MODEL = ImpModel(d_model=16, num_layers=1, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
@@ -33,11 +36,25 @@ def test_task_options_reach_the_tasks_and_the_heads(tmp_path, run_config):
     assert "classifiers_motion" in experiment.abstract_state["params"]
 
 
-def test_tasks_may_share_a_head_of_one_size():
+def test_tasks_may_share_a_head_of_one_size_and_initialiser():
     experiment = Experiment(tasks=(_task("a", "h"), _task("b", "h")), model=MODEL)
     assert experiment.model.heads == (("h", 3),)
-    with pytest.raises(ImpError, match="task 'b' shares the classifier head 'h' with a task of 3"):
+    with pytest.raises(
+        ImpError, match=r"task 'b' shares the classifier head 'h' .* \(3,\) .* \(4,\)"
+    ):
         Experiment(tasks=(_task("a", "h"), _task("b", "h", classes=4)), model=MODEL)
+    with pytest.raises(ImpError, match=r"as \(3, 'lecun_normal'\) \(classes, initialiser\)"):
+        Experiment(tasks=(_task("a", "h", head_init="lecun_normal"), _task("b", "h")), model=MODEL)
+
+
+def test_each_head_may_have_its_own_initialiser():
+    """Seed 000 Table 6: zero heads for video and audio, LeCun normal for images."""
+    tasks = (_task("images", head_init="lecun_normal"), _task("videos"))
+    experiment = Experiment(tasks=tasks, model=MODEL.clone(head_init="zeros"))
+    assert experiment.model.heads == (("images", 3, "lecun_normal"), ("videos", 3))
+    params = jax.tree.map(np.asarray, nn.unbox(init_variables(experiment.model, jax.random.key(0))))
+    assert np.any(params["params"]["classifiers_images"]["Dense_0"]["kernel"])
+    assert not np.any(params["params"]["classifiers_videos"]["Dense_0"]["kernel"])
 
 
 @pytest.mark.parametrize(

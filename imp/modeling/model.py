@@ -90,7 +90,8 @@ class ImpModel(nn.Module):
     `check_config` and `tokens_per_example` validate a configuration and input shapes against
     it before anything is traced."""
 
-    heads: tuple[tuple[str, int], ...] = ()  # (dataset name, number of classes)
+    # (head name, number of classes[, initialiser of `HEAD_INITS`, else `head_init`])
+    heads: tuple[tuple, ...] = ()
     d_model: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -273,7 +274,10 @@ class ImpModel(nn.Module):
             }
         if self.class_token:
             self.class_tokens = {m: ClassToken() for m in MODALITIES}
-        self.classifiers = {name: ClassifierHead(n, self.head_init) for name, n in self.heads}
+        self.classifiers = {
+            name: ClassifierHead(n, init[0] if init else self.head_init)
+            for name, n, *init in self.heads
+        }
         assert self.temperature in TEMPERATURES, self.temperature
         if self.temperature == "clip":
             self.logit_scale = self.param(
@@ -379,7 +383,7 @@ class ImpModel(nn.Module):
         out = self(inputs)
         if self.adaptor_layers:
             self.encode("vision", inputs["vision"][:, :1])
-        for name, _ in self.heads:
+        for name, *_ in self.heads:
             self.classifiers[name](out["pooled/vision"])
         return out
 
@@ -497,6 +501,9 @@ def check_config(model: ImpModel) -> None:
         f"{model.attention!r}",
     )
     _one_of("head_init", model.head_init, HEAD_INITS)
+    for name, _, *init in model.heads:
+        if init:
+            _one_of(f"heads['{name}'] initialiser", init[0], HEAD_INITS)
     _one_of("positions", model.positions, POSITIONS)
     _one_of("pool", model.pool, POOLS)
     _one_of("gelu", model.gelu, GELUS)
