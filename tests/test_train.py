@@ -48,7 +48,8 @@ def straight(tmp_path_factory, world_dir):
 
 def test_run_writes_outputs(straight):
     run_dir, summary = straight
-    for path in ["config.gin", "metrics.jsonl", "report/summary.json", "report/loss_per_task.png"]:
+    report = ["summary.json", "loss_per_task.png", "learning_rate_per_task.png"]
+    for path in ["config.gin", "metrics.jsonl", *(f"report/{name}" for name in report)]:
         assert (run_dir / path).is_file(), path
     assert (run_dir / "report" / "gradient_similarity.png").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
@@ -62,6 +63,9 @@ def test_run_writes_outputs(straight):
         first_steps.setdefault(r["task"], r["step"])
     assert [r["step"] for r in records if r["compiled"]] == sorted(first_steps.values())
     assert {t: s["compiles"] for t, s in summary["tasks"].items()} == dict.fromkeys(first_steps, 1)
+    for task, stats in summary["tasks"].items():  # each task's own schedule, in the report
+        rates = [r["learning_rate"] for r in records if r["task"] == task]
+        assert stats["peak_learning_rate"] == pytest.approx(max(rates))
     uncompiled = [r["step_seconds"] for r in records if not r["compiled"]]
     assert summary["median_step_seconds"] == pytest.approx(np.median(uncompiled))
     config = (run_dir / "config.gin").read_text()

@@ -14,10 +14,11 @@ _SMOOTH = 10  # losses averaged over the first/last this many steps of each task
 
 
 def _read_metrics(run_dir: Path) -> dict:
-    """From `metrics.jsonl`: loss per task over steps, seconds in steps and waiting for input,
-    the seconds of each step that did not compile, router probabilities per modality, and the
-    gradient-similarity matrices."""
+    """From `metrics.jsonl`: loss and learning rate per task over steps, seconds in steps and
+    waiting for input, the seconds of each step that did not compile, router probabilities per
+    modality, and the gradient-similarity matrices."""
     losses = defaultdict(list)
+    rates = defaultdict(list)
     seconds = {"step_seconds": 0.0, "input_seconds": 0.0}
     counted_steps = set()
     compiled_free = []
@@ -32,6 +33,8 @@ def _read_metrics(run_dir: Path) -> dict:
             if record["task"].startswith("eval/"):
                 continue
             losses[record["task"]].append((record["step"], record["loss"]))
+            if "learning_rate" in record:  # the task's own: the schedule x its lr_multiplier
+                rates[record["task"]].append((record["step"], record["learning_rate"]))
             if record["step"] not in counted_steps:  # joint steps write a line per task
                 counted_steps.add(record["step"])
                 for key in seconds:
@@ -43,6 +46,7 @@ def _read_metrics(run_dir: Path) -> dict:
                     routing[key.split("/")[1]].append(np.asarray(value, np.float64))
     return {
         "losses": losses,
+        "rates": rates,
         "seconds": seconds,
         "compiled_free": compiled_free,
         "routing": routing,
@@ -63,6 +67,7 @@ def write(run_dir: Path, table, evaluation: dict, wall_seconds: float) -> dict:
             "first_loss": sum(values[:_SMOOTH]) / max(len(values[:_SMOOTH]), 1),
             "last_loss": sum(values[-_SMOOTH:]) / max(len(values[-_SMOOTH:]), 1),
             **graphs.get(name, {"compiles": 0, "compile_seconds": 0.0, "hits": 0, "temp_bytes": 0}),
+            "peak_learning_rate": max((r for _, r in metrics["rates"].get(name, [])), default=None),
             "heldout": evaluation.get(name, {}),
         }
     compile_seconds = sum(g["compile_seconds"] for g in graphs.values())
@@ -83,7 +88,9 @@ def write(run_dir: Path, table, evaluation: dict, wall_seconds: float) -> dict:
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot_losses(losses, out / "loss_per_task.png")
+    _plot_curves(losses, "loss", out / "loss_per_task.png")
+    if metrics["rates"]:
+        _plot_curves(metrics["rates"], "learning rate", out / "learning_rate_per_task.png")
     _plot_bars(
         {n: len(v) for n, v in sorted(losses.items())}, "steps", out / "task_sampling_counts.png"
     )
@@ -99,13 +106,13 @@ def write(run_dir: Path, table, evaluation: dict, wall_seconds: float) -> dict:
     return summary
 
 
-def _plot_losses(losses: dict, path: Path) -> None:
+def _plot_curves(curves: dict, label: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, points in sorted(losses.items()):
+    for name, points in sorted(curves.items()):
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, label=name, lw=0.8)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(label)
     ax.legend(fontsize=7)
     _save(fig, path)
 
