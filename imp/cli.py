@@ -2,7 +2,7 @@
 
 imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
-imp eval --checkpoint_dir DIR [--step N] [--evaluations a,b] [--gin_file F ...]
+imp eval --checkpoint_dir DIR [--step N] [--evaluations a,b] [--cross_modal S:T] [--gin_file F ...]
 imp ablation NAME [--seeds 3] [--out DIR] [--gin_file F ...] [--gin.NAME=VALUE ...]
                                         (NAME: see `imp ablation --help`)
 imp data demo --out DIR [--seed N] [--num_images N]
@@ -214,9 +214,19 @@ def _eval(args, flag_bindings) -> int:
     distributed.initialize()
     step = checkpoint_eval.pick_step(run_dir, args.step)
     experiment = Experiment.from_gin(model_dir=str(run_dir), writable=False, training=False)
-    summary = checkpoint_eval.evaluate(experiment, step, evaluations, args.out)
+    pair = _cross_modal_pair(args.cross_modal)
+    summary = checkpoint_eval.evaluate(experiment, step, evaluations, args.out, pair)
     print(json.dumps(summary) if args.json else checkpoint_eval.format_table(summary))
     return 0
+
+
+def _cross_modal_pair(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    source, sep, target = value.partition(":")
+    if not (sep and source and target):
+        raise ImpError(f"--cross_modal {value!r}: expected SOURCE:TARGET, e.g. vision:spectrogram")
+    return source, target
 
 
 def _bench(module, args, flag_bindings) -> int:
@@ -250,6 +260,12 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
         "--evaluations",
         default="classification,zero_shot,retrieval,linear_probe",
         help="comma-separated subset of these",
+    )
+    evaluate.add_argument(
+        "--cross_modal",
+        metavar="SOURCE:TARGET",
+        help="probe a model trained on SOURCE on tasks of TARGET, the TARGET embedder made from "
+        "SOURCE's (seed 000's cross-modal probes: vision:spectrogram, spectrogram:vision)",
     )
     evaluate.add_argument("--out", help="default: MODEL_DIR/eval/step_N")
     evaluate.add_argument("--json", action="store_true")

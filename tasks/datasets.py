@@ -156,8 +156,12 @@ def register_dataset(dataset: Dataset) -> list[tuple[TaskSpec, float]]:
             eval_task=eval_task,
         )
         family = variants(dataset, base)
-        # The video base sits out the multi-resolution mixtures unless asked for: weight 0.
-        sharing = [s for s in family if s.variant != "base" or _trains_base(dataset)]
+        # The video base sits out the multi-resolution mixtures unless asked for (weight 0),
+        # where it has variants to train instead: a task without vision (a clip's sound) has
+        # none, and trains at its base.
+        sharing = [
+            s for s in family if s.variant != "base" or _trains_base(dataset) or len(family) == 1
+        ]
         for spec in family:
             preprocessors = [
                 functools.partial(_train_example, source=dataset, spec=spec),

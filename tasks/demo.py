@@ -36,6 +36,7 @@ def prepare_demo(
     text_length: int = 24,  # the longest demo caption has 19 tokens
     num_images: int | None = None,
     label_text: bool = False,
+    audio_classification: bool = False,
 ) -> None:
     """Generates the demo world if needed, then registers its tasks and `demo_all`.
 
@@ -43,6 +44,9 @@ def prepare_demo(
     `label_text` adds `digit_images_label_text`: NCE between an image and a prompt of its
     digit's name (seed 004 §4.1's label-based NCE), and with it the mixture
     `demo_digit_images_labels` of the two tasks the labels train (Table 2's setting).
+    `audio_classification` adds `digit_videos_audio_cls`: a clip's class from its sound alone
+    (log-mel spectrogram), so `demo_classification` holds an image, a video and an audio
+    classification task, PolyViT's three modalities (seed 000).
     """
     for name, value in (("batch_size", batch_size), ("text_length", text_length), ("seed", seed)):
         validation.at_least(f"prepare_demo.{name}", value, 0 if name == "seed" else 1)
@@ -50,12 +54,13 @@ def prepare_demo(
         data_dir is None or isinstance(data_dir, str),
         f"prepare_demo.data_dir = {data_dir!r}: expected a path",
     )
-    validation.require(
-        isinstance(label_text, bool), f"prepare_demo.label_text = {label_text!r}: expected a bool"
-    )
+    for name, flag in (("label_text", label_text), ("audio_classification", audio_classification)):
+        validation.require(
+            isinstance(flag, bool), f"prepare_demo.{name} = {flag!r}: expected a bool"
+        )
     root = Path(data_dir).expanduser() if data_dir else default_data_dir(seed)
     manifest = demo_world.ensure(root, seed, num_images)
-    register_demo(root, manifest, batch_size, text_length, label_text)
+    register_demo(root, manifest, batch_size, text_length, label_text, audio_classification)
 
 
 def register_demo(
@@ -64,6 +69,7 @@ def register_demo(
     batch_size: int = 32,
     text_length: int = 24,
     label_text: bool = False,
+    audio_classification: bool = False,
 ) -> None:
     """Registers the demo data sets through `datasets.register_dataset`, like any user data,
     and the standard mixtures under the prefix `demo` (`demo_all`, `demo_video_text`, ...)."""
@@ -71,6 +77,8 @@ def register_demo(
     for name, tasks in _TASKS.items():
         if label_text and name == "image":
             tasks = {**tasks, "label_text": ("nce", ("vision", "text"), "labels")}
+        if audio_classification and name == "video":
+            tasks = {**tasks, "audio_cls": ("softmax", ("spectrogram",))}
         info = manifest["datasets"][name]
         splits = info["splits"]
         dataset = datasets.Dataset(

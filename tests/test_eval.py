@@ -268,3 +268,24 @@ def test_periodic_evaluation_keeps_the_best_checkpoint_across_a_resume(tmp_path,
     assert BestCheckpoint(best, "digit_videos_cls/top1").value == max(before, last[0])
     with pytest.raises(ImpError, match="keeps the best checkpoint by 'digit_videos_cls/top1'"):
         BestCheckpoint(best, "digit_videos_cls/top5")
+
+
+def test_a_task_outside_the_runs_mixture_is_probed_by_its_features(run_dir, tmp_path, capsys):
+    """The clips' sound, which the run never trained on, under a head of its own: its linear
+    probe runs; its classification, with no trained head, is refused by name."""
+    argv = [
+        "eval",
+        f"--checkpoint_dir={run_dir}",
+        f"--out={tmp_path}",
+        "--gin.prepare_demo.audio_classification=True",
+        "--gin.MIXTURE_OR_TASK_NAME='digit_videos_audio_cls'",
+        "--gin.Experiment.task_options={'digit_videos_audio_cls': {'head_name': 'sounds'}}",
+    ]
+    assert cli.main([*argv, "--evaluations=linear_probe"]) == 0
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    probe = summary["tasks"]["digit_videos_audio_cls"]["linear_probe_top1/spectrogram"]
+    assert np.isfinite(probe["value"]) and probe["chance"] == pytest.approx(1 / 40)
+    assert cli.main(argv) == 2
+    assert "this run trained no classifiers_sounds" in capsys.readouterr().err
+    assert cli.main([*argv, "--evaluations=linear_probe", "--cross_modal=vision:spectrogram"]) == 2
+    assert "vision_patch's height and width (8, 8) differ" in capsys.readouterr().err

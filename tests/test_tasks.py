@@ -47,6 +47,25 @@ def test_mixture_rates_are_example_counts(registered, world_dir):
     }
 
 
+def test_polyvit_demo_adds_audio_classification(world_dir):
+    """`audio_classification`: a clip's class from its log-mel spectrogram, trained at its
+    base (a task without vision has no resolution variants), with the image and video tasks
+    in `demo_classification`."""
+    demo.prepare_demo(
+        data_dir=str(world_dir), batch_size=4, num_images=WORLD_IMAGES, audio_classification=True
+    )
+    try:
+        rates = {spec.name: rate for spec, rate in registry.resolve("demo_classification")}
+        assert set(rates) == {"digit_images_cls", "digit_videos_cls", "digit_videos_audio_cls"}
+        assert rates["digit_videos_audio_cls"] == rates["digit_videos_cls"] > 0
+        spec = registry.spec("digit_videos_audio_cls")
+        batch = next(feeding.batches(spec, "train", 0, train=True))
+        assert {k: v.shape for k, v in batch.items()} == {"spectrogram": (4, 32, 32), "label": (4,)}
+        assert np.all(np.isfinite(batch["spectrogram"]))
+    finally:
+        demo.prepare_demo(data_dir=str(world_dir), batch_size=4, num_images=WORLD_IMAGES)
+
+
 def test_streams_are_deterministic_and_skippable(registered):
     spec = registry.spec("digit_videos_text")
     first = list(zip(range(3), feeding.batches(spec, "train", 0, train=True), strict=False))

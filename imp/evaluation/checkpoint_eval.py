@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jax
+import numpy as np
 from tensorboardX import SummaryWriter
 
 from imp.errors import ImpError
 from imp.evaluation import evaluator
+from imp.modeling import cross_modal, surgery
 from imp.training.checkpoint import Checkpointer
 from imp.training.metrics_writer import tensorboard_tag
 
@@ -49,12 +51,31 @@ def pick_step(run_dir: Path, step: int | None) -> int:
     return steps[-1] if step is None else step
 
 
-def evaluate(experiment: "Experiment", step: int, evaluations, out: str | None) -> dict:
+def evaluate(
+    experiment: "Experiment",
+    step: int,
+    evaluations,
+    out: str | None,
+    cross_modal_pair: tuple[str, str] | None = None,
+) -> dict:
     """Restores `step` of the experiment's run and evaluates every data set of its mixture;
-    returns `{"step", "devices", "inputs", "tasks": {task: {metric: {value, chance}}}}`."""
+    returns `{"step", "devices", "inputs", "tasks": {task: {metric: {value, chance}}}}`.
+    `cross_modal_pair` `(source, target)`: the target modality's embedder is first made from
+    the source's (`imp.modeling.cross_modal`), for probes of a model trained on the source."""
     run_dir = experiment.run_dir
+    if cross_modal_pair:
+        cross_modal.check(experiment.model, *cross_modal_pair)
     checkpointer = Checkpointer(run_dir / "checkpoints", read_only=True)
-    state, _ = checkpointer.restore(step, experiment.abstract_state)
+    new_heads = _heads_not_trained(checkpointer, step, experiment, evaluations)
+    if new_heads:
+        state = {"params": _params_with_new_heads(checkpointer, step, experiment)}
+    else:
+        state, _ = checkpointer.restore(step, experiment.abstract_state)
+    if cross_modal_pair:
+        flat = surgery.flatten(state["params"])
+        converted = cross_modal.convert(flat, experiment.model, *cross_modal_pair)
+        flat |= {n: jax.device_put(v, flat[n].sharding) for n, v in converted.items()}
+        state = {**state, "params": surgery.unflatten(flat)}
     evaluated = evaluator.tasks_to_evaluate(experiment.tasks)
     summary = {
         "step": step,
@@ -65,6 +86,36 @@ def evaluate(experiment: "Experiment", step: int, evaluations, out: str | None) 
     if jax.process_index() == 0:
         _write(Path(out) if out else run_dir / "eval" / f"step_{step}", summary)
     return summary
+
+
+def _heads_not_trained(checkpointer, step: int, experiment, evaluations) -> list[str]:
+    """The classifier heads the configured tasks have and the checkpoint lacks: tasks from
+    outside the run's mixture (`--gin.MIXTURE_OR_TASK_NAME`), evaluated by their features
+    only (linear probe, zero-shot, retrieval). Any other difference is left to `restore`."""
+    have = {n.removeprefix("params/") for n in checkpointer.specs(step) if n.startswith("params/")}
+    missing = set(surgery.flatten(experiment.abstract_state["params"])) - have
+    heads = sorted({n.split("/")[0] for n in missing})
+    if not heads or not all(h.startswith("classifiers_") for h in heads):
+        return []
+    if "classification" in evaluations:
+        raise ImpError(
+            f"this run trained no {', '.join(heads)} (tasks outside its mixture): evaluate "
+            "them by their features, --evaluations linear_probe (or zero_shot, retrieval)"
+        )
+    return heads
+
+
+def _params_with_new_heads(checkpointer, step: int, experiment) -> dict:
+    """The checkpoint's parameters with zeros for the heads it lacks, placed as configured."""
+    saved = surgery.flatten(checkpointer.params(step))
+    abstract = surgery.flatten(experiment.abstract_state["params"])
+    placed = {
+        name: jax.device_put(
+            saved[name] if name in saved else np.zeros(spec.shape, spec.dtype), spec.sharding
+        )
+        for name, spec in abstract.items()
+    }
+    return surgery.unflatten(placed)
 
 
 def _write(out: Path, summary: dict) -> None:
