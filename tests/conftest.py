@@ -27,6 +27,17 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # at import: before anything 
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_gin_bindings_from_other_modules():
+    """Each test module starts with no gin bindings: a module-scoped fixture that calls a
+    configurable directly (`prepare_demo`) would otherwise read what an earlier module's
+    command parsed (`--gin.prepare_demo.audio_classification=True` once added a task to
+    `demo_all` for the next module on that worker)."""
+    import gin
+
+    gin.clear_config()
+
+
 # The longest test files first, so that the two xdist workers finish together (files are
 # handed out whole, in collection order).
 LONGEST_FIRST = (  # measured with --durations=0; the rest are short
