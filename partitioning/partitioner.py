@@ -18,6 +18,15 @@ from imp import validation
 from imp.errors import ImpError
 
 MESH_AXES = ("expert", "data", "model")
+
+
+def from_host(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A global array laid out by `sharding` from a whole host array that every process
+    holds (each process supplies the shards of its own devices)."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 # t5x's standard rules, plus MoE: experts over `expert`; inside the MoE layer, token groups

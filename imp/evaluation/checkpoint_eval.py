@@ -18,6 +18,7 @@ from tensorboardX import SummaryWriter
 from imp.errors import ImpError
 from imp.evaluation import evaluator
 from imp.modeling import cross_modal, surgery
+from imp.partitioning.partitioner import from_host
 from imp.training.checkpoint import Checkpointer
 from imp.training.metrics_writer import tensorboard_tag
 
@@ -74,7 +75,7 @@ def evaluate(
     if cross_modal_pair:
         flat = surgery.flatten(state["params"])
         converted = cross_modal.convert(flat, experiment.model, *cross_modal_pair)
-        flat |= {n: jax.device_put(v, flat[n].sharding) for n, v in converted.items()}
+        flat |= {n: from_host(v, flat[n].sharding) for n, v in converted.items()}
         state = {**state, "params": surgery.unflatten(flat)}
     evaluated = evaluator.tasks_to_evaluate(experiment.tasks)
     summary = {
@@ -92,8 +93,8 @@ def _heads_not_trained(checkpointer, step: int, experiment, evaluations) -> list
     """The classifier heads the configured tasks have and the checkpoint lacks: tasks from
     outside the run's mixture (`--gin.MIXTURE_OR_TASK_NAME`), evaluated by their features
     only (linear probe, zero-shot, retrieval). Any other difference is left to `restore`."""
-    have = {n.removeprefix("params/") for n in checkpointer.specs(step) if n.startswith("params/")}
-    missing = set(surgery.flatten(experiment.abstract_state["params"])) - have
+    have = checkpointer.param_specs(step)
+    missing = set(surgery.flatten(experiment.abstract_state["params"])) - set(have)
     heads = sorted({n.split("/")[0] for n in missing})
     if not heads or not all(h.startswith("classifiers_") for h in heads):
         return []
@@ -110,7 +111,7 @@ def _params_with_new_heads(checkpointer, step: int, experiment) -> dict:
     saved = surgery.flatten(checkpointer.params(step))
     abstract = surgery.flatten(experiment.abstract_state["params"])
     placed = {
-        name: jax.device_put(
+        name: from_host(
             saved[name] if name in saved else np.zeros(spec.shape, spec.dtype), spec.sharding
         )
         for name, spec in abstract.items()

@@ -77,11 +77,11 @@ class Checkpointer:
         """`{"params/a/kernel": shape}` of every leaf saved at `step` (metadata only)."""
         return tree_shapes(self._read(step, lambda: self.manager.item_metadata(step)["state"]))
 
-    def specs(self, step: int) -> dict[str, jax.ShapeDtypeStruct]:
-        """`{"params/a/kernel": ShapeDtypeStruct}` of every leaf saved at `step` (metadata
-        only)."""
+    def param_specs(self, step: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """`{"a/kernel": ShapeDtypeStruct}` of every parameter saved at `step` (metadata
+        only), named as `surgery.flatten` names a model's parameters."""
         metadata = self._read(step, lambda: self.manager.item_metadata(step)["state"])
-        flat = surgery.flatten(dict(metadata))
+        flat = surgery.flatten(dict(metadata)["params"])
         return {name: jax.ShapeDtypeStruct(m.shape, m.dtype) for name, m in flat.items()}
 
     def params(self, step: int) -> dict:

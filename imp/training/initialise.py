@@ -31,6 +31,7 @@ import numpy as np
 from imp import validation
 from imp.errors import ImpError
 from imp.modeling import readers, surgery
+from imp.partitioning.partitioner import from_host
 from imp.training.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,7 @@ class InitFrom:
         checkpointer, step = self._open()
         try:
             if abstract:
-                specs = checkpointer.specs(step)
-                source = {
-                    name.removeprefix("params/"): spec
-                    for name, spec in specs.items()
-                    if name.startswith("params/")
-                }
+                source = checkpointer.param_specs(step)
             else:
                 source = surgery.flatten(jax.tree.map(np.asarray, checkpointer.params(step)))
         finally:
@@ -161,8 +157,5 @@ def initialised_params(init_from: InitFrom, fresh_params, shardings, model):
     values, _ = init_from.load(jax.eval_shape(lambda: fresh_params), model)
     flat = surgery.flatten(fresh_params)
     placed = surgery.flatten(shardings)
-    for name, value in values.items():
-        flat[name] = jax.make_array_from_callback(
-            value.shape, placed[name], lambda index, value=value: value[index]
-        )
+    flat |= {name: from_host(value, placed[name]) for name, value in values.items()}
     return surgery.unflatten(flat)
