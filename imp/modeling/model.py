@@ -215,6 +215,13 @@ class ImpModel(nn.Module):
             qk_layernorm=self.qk_layernorm,
             approximate_gelu=self.gelu == "tanh",
         )
+        if self.adaptor_layers:
+            self.adaptors = {
+                m: make_encoder(
+                    num_layers=self.adaptor_layers, attention=self.attention, final_norm=False
+                )
+                for m in self.adaptor_modalities
+            }
         sparse = dict(moe=moe, moe_every=self.moe_every if moe else 0, moe_last=self.moe_last)
         if self.temporal_layers:
             make_encoder = functools.partial(
@@ -244,21 +251,6 @@ class ImpModel(nn.Module):
                 attention=self.attention,
                 **sparse,
             )
-        if self.adaptor_layers:
-            self.adaptors = {
-                m: Encoder(
-                    self.adaptor_layers,
-                    self.num_heads,
-                    self.mlp_dim,
-                    self.scan_layers,
-                    self.remat_policy,
-                    qk_layernorm=self.qk_layernorm,
-                    attention=self.attention,
-                    approximate_gelu=self.gelu == "tanh",
-                    final_norm=False,
-                )
-                for m in self.adaptor_modalities
-            }
         assert self.towers in TOWERS, self.towers  # `check_config` names a wrong value
         if self.towers == "shared":
             self.encoder = make_encoder()

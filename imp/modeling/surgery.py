@@ -228,13 +228,16 @@ def video_aliases(target: dict, source: dict) -> dict:
 def adaptor_split(target: dict, source: dict) -> dict:
     """PolyViT from a model without modality-adaptor layers (seed 000 §4.3): every modality's
     adaptor stack starts from the source's first `L_adapt` encoder layers, and the shared
-    layers from its last `L - L_adapt`. `source` in the unrolled layout; returned with its
-    encoder layers renamed so (unchanged when the target has no adaptors or the source has)."""
+    layers from its last `L - L_adapt`. Returns `source` with its encoder layers so renamed,
+    unrolled (unchanged when the target has no adaptors or the source has)."""
+    if not any(n.startswith("adaptors_") for n in target) or any(
+        n.startswith("adaptors_") for n in source
+    ):
+        return source
     names = to_layout(target, scanned=False)
     layers = [re.match(r"^adaptors_(\w+?)/segment_0_(\d+)/", n) for n in names]
     layers = [m for m in layers if m]
-    if not layers or any(n.startswith("adaptors_") for n in source):
-        return source
+    source = to_layout(source, scanned=False)
     modalities = sorted({m.group(1) for m in layers})
     depth = 1 + max(int(m.group(2)) for m in layers)
     out = {}
@@ -254,8 +257,7 @@ def adaptor_split(target: dict, source: dict) -> dict:
 def match(target: dict, source: dict, target_depth: int) -> tuple[dict, dict[str, str], set]:
     """`source` in the target's layer layout (with `adaptor_split` and `video_aliases`), the
     `plan` of each target parameter, and the source names the aliases read."""
-    source = adaptor_split(target, to_layout(source, scanned=False))
-    source = to_layout(source, scanned=any(_SCANNED.match(n) for n in target))
+    source = to_layout(adaptor_split(target, source), any(_SCANNED.match(n) for n in target))
     added, origins = video_aliases(target, source)
     source = source | added
     rules = plan(target, source, target_depth)
