@@ -49,8 +49,8 @@ from imp.partitioning.partitioner import Partitioner
 from imp.tasks.spec import CLASSIFICATION, TaskSpec
 from imp.training import train_state
 from imp.training.initialise import InitFrom
-from imp.training.optimizer import make_optimizer
-from imp.training.samplers import Sampler, Schedule
+from imp.training.optimizer import StepSize, make_optimizer
+from imp.training.samplers import JOINT, Sampler, Schedule
 from imp.training.step import TaskLoss
 from imp.training.train_state import TrainState
 
@@ -58,6 +58,8 @@ EVAL_ROWS = 64  # rows of one evaluation forward call, before rounding to the me
 TASK_OPTIONS = {
     "loss_weight": float,
     "lr_multiplier": float,
+    "warmup_steps": int,
+    "weight_decay": float,
     "head_name": str,
     "mixup": float,
     "stochastic_depth": float,
@@ -82,9 +84,9 @@ def _recipe(
 ) -> dict:
     """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
     hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
-    lr_multiplier, head_name, mixup, stochastic_depth, head_init}}`, the seed of initialisation,
-    sampling and data order, and another run's checkpoint to start from (`@InitFrom()`,
-    `imp.training.initialise`)."""
+    lr_multiplier, warmup_steps, weight_decay, head_name, mixup, stochastic_depth,
+    head_init}}`, the seed of initialisation, sampling and data order, and another run's
+    checkpoint to start from (`@InitFrom()`, `imp.training.initialise`)."""
     return dict(
         model_dir=model_dir,
         train_steps=train_steps,
@@ -107,7 +109,7 @@ class Experiment:
     rates: tuple[float, ...] | None = None
     partitioner: Partitioner | None = None
     tx: optax.GradientTransformation | None = None
-    learning_rate: optax.Schedule | None = None
+    step_size: StepSize | None = None
     loss: TaskLoss = TaskLoss()
     schedule: Schedule = Schedule()
     seed: int = 0
@@ -132,13 +134,13 @@ class Experiment:
         if self.partitioner is None:
             put("partitioner", Partitioner())
         validation.require(
-            (self.tx is None) == (self.learning_rate is None),
-            "an Experiment takes the optimizer and its learning-rate schedule together",
+            (self.tx is None) == (self.step_size is None),
+            "an Experiment takes the optimizer and its step size together",
         )
         if self.tx is None:
-            tx, learning_rate = make_optimizer(self.train_steps)
+            tx, step_size = make_optimizer(self.train_steps)
             put("tx", tx)
-            put("learning_rate", learning_rate)
+            put("step_size", step_size)
         check_config(self.model)
         put("model", self.model.clone(heads=_heads(self.tasks)))
         self.new_sampler()  # checks the schedule against the tasks
@@ -192,7 +194,7 @@ class Experiment:
         _check_seed(recipe["seed"])
         model = gin.get_configurable(ImpModel)()
         check_config(model)
-        tx, learning_rate = gin.get_configurable(make_optimizer)(train_steps)
+        tx, step_size = gin.get_configurable(make_optimizer)(train_steps)
         parts = dict(
             partitioner=gin.get_configurable(Partitioner)(),
             loss=gin.get_configurable(TaskLoss)(),
@@ -218,7 +220,7 @@ class Experiment:
             model=model,
             train_steps=train_steps,
             tx=tx,
-            learning_rate=learning_rate,
+            step_size=step_size,
             **parts,
             seed=recipe["seed"],
             init_from=recipe["init_from"],
@@ -299,6 +301,13 @@ class Experiment:
             f"{where}: Experiment.task_options stochastic_depth goes along the layers of the "
             "plain encoder, not ViViT's factorised encoder, TokenLearner or MTV "
             "(ImpModel.temporal_layers, token_learner, views)",
+        )
+        own = [f for f in ("warmup_steps", "weight_decay") if getattr(spec, f) is not None]
+        validation.require(
+            not own or self.schedule.name not in JOINT,
+            f"{where}: Experiment.task_options {own} set a task's own step, and Schedule.name = "
+            f"{self.schedule.name!r} takes one update from every task's gradient; use an "
+            "alternating schedule, or lr_multiplier (which scales the task's gradient there)",
         )
         validation.require(
             not spec.mixup or spec.objective in CLASSIFICATION,
@@ -382,9 +391,9 @@ def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
 
 
 def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
-    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, head_name, mixup,
-    stochastic_depth, head_init}) applied; with `strict`, each task named must be one of
-    `tasks`."""
+    """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, warmup_steps,
+    weight_decay, head_name, mixup, stochastic_depth, head_init}) applied; with `strict`, each
+    task named must be one of `tasks`."""
     if options is None:
         return tasks
     validation.require(
@@ -409,6 +418,8 @@ def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> 
             validation.require(not mismatch, f"{where}['{field}'] = {value!r}: expected {mismatch}")
         validation.at_least(f"{where}['loss_weight']", fields.get("loss_weight", 1.0), 0.0)
         validation.at_least(f"{where}['lr_multiplier']", fields.get("lr_multiplier", 1.0), 0.0)
+        validation.at_least(f"{where}['warmup_steps']", fields.get("warmup_steps", 0), 0)
+        validation.at_least(f"{where}['weight_decay']", fields.get("weight_decay", 0.0), 0.0)
         validation.at_least(f"{where}['mixup']", fields.get("mixup", 0.0), 0.0)
         validation.require(
             fields.get("head_init", "zeros") in HEAD_INITS,

@@ -43,7 +43,9 @@ class TaskSpec:
     eval_width: int = 0
     eval_views: int = 1  # views (clips x spatial crops) per evaluation example, averaged
     loss_weight: float = 1.0
-    lr_multiplier: float = 1.0
+    lr_multiplier: float = 1.0  # of the run's peak learning rate
+    warmup_steps: int | None = None  # of its learning rate; None = the run's
+    weight_decay: float | None = None  # decoupled, on kernels; None = the run's
     mixup: float = 0.0  # Mixup's alpha in training (a classification task's); 0 = none
     stochastic_depth: float = 0.0  # per-layer drop rate of residual branches in training
     head_init: str = ""  # the classifier head's initialiser (`HEAD_INITS`); "" = ImpModel's

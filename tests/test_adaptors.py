@@ -15,6 +15,7 @@ from imp.errors import ImpError
 from imp.modeling import surgery
 from imp.modeling.model import ImpModel, check_config, init_variables
 from imp.tasks.spec import TaskSpec
+from imp.training.optimizer import make_optimizer
 from imp.training.step import apply_gradients, used_parameters
 
 SMALL = dict(d_model=16, num_layers=3, num_heads=2, mlp_dim=32, embed_dim=8, vocab_size=20)
@@ -85,9 +86,9 @@ def test_an_image_step_leaves_the_other_modalities_adaptors_untouched():
         "classifiers_a",
     }
     assert reached <= used_parameters(task)
-    tx = optax.adam(1e-2)
+    tx, step_size = make_optimizer(10, learning_rate=1e-2, warmup_steps=0)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    update = jax.jit(lambda state, grads: apply_gradients(state, grads, tx, (task,), True))
+    update = jax.jit(lambda state, grads: apply_gradients(state, grads, tx, step_size, (task,)))
     new = update(state, grads)["params"]
     for name in params:
         same = all(

@@ -36,6 +36,19 @@ def test_task_options_reach_the_tasks_and_the_heads(tmp_path, run_config):
     assert "classifiers_motion" in experiment.abstract_state["params"]
 
 
+def test_a_task_s_own_step_needs_an_alternating_schedule():
+    """A task's own warm-up or weight decay applies to the steps that train it alone."""
+    from imp.training.samplers import Schedule
+
+    tasks = (_task("a", warmup_steps=5), _task("b"))
+    Experiment(tasks=tasks, model=MODEL, schedule=Schedule("round_robin"))
+    for name in ("summed", "accumulated"):
+        with pytest.raises(
+            ImpError, match=rf"task 'a': .*\['warmup_steps'\] .* Schedule.name = '{name}'"
+        ):
+            Experiment(tasks=tasks, model=MODEL, schedule=Schedule(name))
+
+
 def test_tasks_may_share_a_head_of_one_size_and_initialiser():
     experiment = Experiment(tasks=(_task("a", "h"), _task("b", "h")), model=MODEL)
     assert experiment.model.heads == (("h", 3),)

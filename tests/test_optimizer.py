@@ -1,8 +1,10 @@
 """Adam counts each parameter group's own updates: under AGD a head sampled on some steps only is
 bias-corrected for the updates it took, not for the run's steps, while the learning rate follows
-the run's step. Checked against a hand-written numpy Adam, through the real train-step update
+the run's step (with the drawn task's own peak, warm-up and weight decay where it sets them).
+Checked against a hand-written numpy Adam, through the real train-step update
 (`apply_gradients`, which keeps the groups a step's tasks do not use as they were)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -67,14 +69,24 @@ def _grads(step, used):
     }
 
 
-def _learning_rate(step):
-    """Linear warm-up from 0 to PEAK, then a cosine to 0 at DECAY: of the run's step."""
-    if step < WARMUP:
-        return PEAK * step / WARMUP
-    return PEAK * 0.5 * (1 + np.cos(np.pi * (step - WARMUP) / (DECAY - WARMUP)))
+def _learning_rate(step, peak=PEAK, warmup=WARMUP):
+    """Linear warm-up from 0 to `peak`, then a cosine to 0 at DECAY: of the run's step."""
+    if step < warmup:
+        return peak * step / warmup
+    return peak * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (DECAY - warmup)))
 
 
-def _numpy_adam(eps, weight_decay):
+def _rate_and_decay(t, tasks, weight_decay):
+    """The learning rate and weight decay of step `t`: a lone task's own, else the run's."""
+    if len(tasks) > 1:
+        return _learning_rate(t), weight_decay
+    task = tasks[0]
+    warmup = WARMUP if task.warmup_steps is None else task.warmup_steps
+    decay = weight_decay if task.weight_decay is None else task.weight_decay
+    return _learning_rate(t, PEAK * task.lr_multiplier, warmup), decay
+
+
+def _numpy_adam(eps, weight_decay, steps=STEPS):
     """Adam (AdamW with `weight_decay`, on kernels), in float64, one count per group."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(_params())
     params = [np.float64(p) for _, p in paths]
@@ -82,10 +94,11 @@ def _numpy_adam(eps, weight_decay):
     group = [path[0].key for path, _ in paths]
     kernel = [path[-1].key == "kernel" for path, _ in paths]
     count = dict.fromkeys(SHAPES, 0)
-    for t, tasks in enumerate(STEPS):
+    for t, tasks in enumerate(steps):
         used = set().union(*(USED[task.name] for task in tasks))
         count.update({g: count[g] + 1 for g in used})
         grads = jax.tree.leaves(_grads(t, used))
+        rate, decay = _rate_and_decay(t, tasks, weight_decay)
         for i, g in enumerate(grads):
             if group[i] not in used:
                 continue
@@ -94,22 +107,25 @@ def _numpy_adam(eps, weight_decay):
             nu[i] = B2 * nu[i] + (1 - B2) * g * g
             step = (mu[i] / (1 - B1**n)) / (np.sqrt(nu[i] / (1 - B2**n)) + eps)
             if kernel[i]:
-                step = step + weight_decay * params[i]
-            params[i] = params[i] - _learning_rate(t) * step
+                step = step + decay * params[i]
+            params[i] = params[i] - rate * step
     return jax.tree.unflatten(treedef, params)
 
 
-def _run(tx):
-    """The real update of each step in STEPS, freezing what the step's tasks do not use."""
+def _run(tx, step_size, steps=STEPS):
+    """The real update of each of `steps`, freezing what the step's tasks do not use, with a
+    lone task's step size (as `make_train_step` gives it)."""
     params = jax.tree.map(jnp.asarray, _params())
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    update = jax.jit(
-        lambda state, grads, tasks: apply_gradients(state, grads, tx, tasks, True),
-        static_argnums=2,
-    )
-    for task in {task for tasks in STEPS for task in tasks}:
+
+    def step(state, grads, tasks):
+        size = step_size.for_task(tasks[0]) if len(tasks) == 1 else step_size
+        return apply_gradients(state, grads, tx, size, tasks)
+
+    update = jax.jit(step, static_argnums=2)
+    for task in {task for tasks in steps for task in tasks}:
         assert used_parameters(task) & set(SHAPES) == USED[task.name], task.name
-    for t, tasks in enumerate(STEPS):
+    for t, tasks in enumerate(steps):
         used = set().union(*(USED[task.name] for task in tasks))
         state = update(state, jax.tree.map(jnp.asarray, _grads(t, used)), tasks)
     return state
@@ -136,13 +152,13 @@ def _optimizer(eps, weight_decay):
 @pytest.mark.parametrize("eps, weight_decay", [(1e-8, 0.0), (1e-7, 0.1)])
 def test_each_group_is_bias_corrected_for_its_own_updates(eps, weight_decay):
     expected = _numpy_adam(eps, weight_decay)
-    state = _run(_optimizer(eps, weight_decay)[0])
+    state = _run(*_optimizer(eps, weight_decay))
     assert int(state["step"]) == len(STEPS)
     for (path, x), y in zip(
         jax.tree_util.tree_leaves_with_path(state["params"]), jax.tree.leaves(expected), strict=True
     ):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
-    counts = state["opt_state"][-1][0].count  # (clip), (adam, [decay], learning rate)
+    counts = state["opt_state"][-1].count  # (clip), adam
     assert {group: int(jax.tree.leaves(counts[group])[0]) for group in SHAPES} == {
         "encoder": 8,
         "classifiers_a": 5,
@@ -155,7 +171,7 @@ def test_each_group_is_bias_corrected_for_its_own_updates(eps, weight_decay):
 def test_sgd_with_momentum_matches_numpy_with_frozen_groups():
     """PolyViT's optimizer: one momentum trace (`trace = g + 0.9 trace`, step `-lr * trace`),
     and a group's trace holds still on the steps that do not sample it."""
-    tx, _ = make_optimizer(
+    optimizer = make_optimizer(
         DECAY,
         learning_rate=PEAK,
         warmup_steps=WARMUP,
@@ -177,20 +193,33 @@ def test_sgd_with_momentum_matches_numpy_with_frozen_groups():
                 step = trace[i] + (0.1 * params[i] if kernel[i] else 0.0)
                 params[i] = params[i] - _learning_rate(t) * step
     expected = jax.tree.unflatten(treedef, params)
-    assert _max_difference(_run(tx)["params"], expected) < 1e-5
+    assert _max_difference(_run(*optimizer)["params"], expected) < 1e-5
     with pytest.raises(ImpError, match="make_optimizer.optimizer = 'lamb': choose from"):
         make_optimizer(10, optimizer="lamb")
     with pytest.raises(ImpError, match=r"make_optimizer.momentum = 1.0: expected a number in"):
         make_optimizer(10, optimizer="sgd", momentum=1.0)
 
 
+def test_each_task_steps_with_its_own_peak_warmup_and_weight_decay():
+    """PolyViT's per-task optimisation (seed 000 Table 6) in one optimizer state: a lone
+    task's step takes its own peak (`lr_multiplier`), warm-up and weight decay; the summed
+    step takes the run's."""
+    a = dataclasses.replace(TASK_A, lr_multiplier=0.5, warmup_steps=6, weight_decay=0.3)
+    b = dataclasses.replace(TASK_B, warmup_steps=0, weight_decay=0.0)
+    own = {"task_a": a, "task_b": b}
+    steps = [tuple(own.get(task.name, task) for task in tasks) for tasks in STEPS]
+    state = _run(*_optimizer(1e-8, 0.1), steps)
+    assert _max_difference(state["params"], _numpy_adam(1e-8, 0.1, steps)) < 1e-5
+    # The same run with the run's step for every task is another run.
+    assert _max_difference(state["params"], _numpy_adam(1e-8, 0.1)) > 1e-2
+
+
 @pytest.mark.parametrize("eps, weight_decay", [(1e-8, 0.0), (1e-7, 0.1)])
 def test_one_global_count_would_miss_the_reference(eps, weight_decay):
     """optax's Adam (one count for the run) through the same freezing: the reference above
     tells it apart, so the test above could catch the bug it guards against."""
-    schedule = _optimizer(eps, weight_decay)[1]
-    global_count = optax.adamw(schedule, B1, B2, eps, weight_decay=weight_decay, mask=kernel_mask)
-    state = _run(global_count)
+    step_size = _optimizer(eps, weight_decay)[1]
+    state = _run(optax.scale_by_adam(B1, B2, eps), step_size)
     assert _max_difference(state["params"], _numpy_adam(eps, weight_decay)) > 1e-2
 
 
@@ -203,7 +232,7 @@ def test_the_learning_rate_follows_the_run_step():
     for t, task in enumerate([TASK_A] * 4 + [TASK_B]):
         before = state
         grads = jax.tree.map(jnp.asarray, _grads(t, USED[task.name]))
-        state = apply_gradients(state, grads, tx, (task,), True)
+        state = apply_gradients(state, grads, tx, schedule, (task,))
     moved = state["params"]["classifiers_b"]["Dense_0"]["kernel"]
     start = before["params"]["classifiers_b"]["Dense_0"]["kernel"]
     g = grads["classifiers_b"]["Dense_0"]["kernel"]
@@ -215,8 +244,8 @@ def test_eps_is_in_the_denominator():
     """A gradient of size eps takes half a step."""
     tx, _ = make_optimizer(10, learning_rate=1.0, warmup_steps=0, eps=1e-7, clip_norm=None)
     params = {"w": jnp.zeros(3)}
-    updates, _ = tx.update({"w": jnp.full(3, 1e-7)}, tx.init(params), params)
-    np.testing.assert_allclose(updates["w"], -0.5, rtol=1e-4)
+    direction, _ = tx.update({"w": jnp.full(3, 1e-7)}, tx.init(params), params)
+    np.testing.assert_allclose(direction["w"], 0.5, rtol=1e-4)
 
 
 def test_weight_decay_reaches_kernels_only():
@@ -257,8 +286,7 @@ def test_bad_values_name_the_binding(binding, value):
 
 
 def test_the_state_survives_a_checkpoint(tmp_path):
-    tx, _ = _optimizer(1e-7, 0.1)
-    state = _run(tx)
+    state = _run(*_optimizer(1e-7, 0.1))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
     checkpointer = Checkpointer(tmp_path / "ckpt")
@@ -288,7 +316,7 @@ SHARDINGS = textwrap.dedent(
     tx, _ = make_optimizer(10, weight_decay=0.1)
     shardings = train_state.state_shardings(model, tx, partitioner)
     state = train_state.create(model, tx, partitioner, jax.random.key(0), shardings)
-    adam = state["opt_state"][1][0]
+    adam = state["opt_state"][1]
     specs = lambda tree: {jax.tree_util.keystr(p): str(x.sharding.spec)
                           for p, x in jax.tree_util.tree_leaves_with_path(tree)}
     json.dump({"params": specs(state["params"]), "mu": specs(adam.mu),

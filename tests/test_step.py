@@ -58,7 +58,7 @@ def test_other_heads_and_their_adam_state(freeze):
     after = jax.tree.map(np.asarray, state)
 
     head_b = lambda s: s["params"]["classifiers_b"]  # noqa: E731
-    mu_b = lambda s: s["opt_state"][1][0].mu["classifiers_b"]  # noqa: E731
+    mu_b = lambda s: s["opt_state"][1].mu["classifiers_b"]  # noqa: E731
     unchanged = all(
         np.array_equal(x, y)
         for x, y in zip(
@@ -139,7 +139,7 @@ def test_a_contrastive_step_moves_only_its_pair_heads_and_temperature(name):
         pairs = zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True)
         return all(np.array_equal(x, y) for x, y in pairs)
 
-    mu = lambda s: s["opt_state"][1][0].mu  # noqa: E731
+    mu = lambda s: s["opt_state"][1].mu  # noqa: E731
     assert set(moved) | set(kept) <= set(after["params"])
     for key in kept:
         assert same(before["params"][key], after["params"][key]), key
@@ -183,7 +183,8 @@ def test_summed_and_accumulated_equal_a_hand_summed_update():
             for i, t in enumerate((TASK_A, TASK_B))
         ]
         total = jax.tree.map(jnp.add, *grads)
-        updates, _ = tx.update(total, state["opt_state"], state["params"])
+        direction, _ = tx.update(total, state["opt_state"], state["params"])
+        updates = schedule.update(direction, state["params"], state["step"])
         return optax.apply_updates(state["params"], updates)
 
     reference = by_hand(state)
@@ -207,19 +208,10 @@ def test_summed_and_accumulated_equal_a_hand_summed_update():
     _assert_trees_close(accumulated["params"], reference, rtol=1e-5, atol=1e-6)
 
 
-def _is_schedule(node) -> bool:
-    return isinstance(node, optax.ScaleByScheduleState)
-
-
-def _schedule_counts(opt_state) -> list[int]:
-    leaves = jax.tree.leaves(opt_state, is_leaf=_is_schedule)
-    return [int(n.count) for n in leaves if _is_schedule(n)]
-
-
 def test_non_finite_step_changes_nothing_but_the_counters():
-    """A skipped step keeps parameters and Adam's state; the step counter and the
-    learning-rate schedule advance together, so the next step applies the next step's rate
-    (warm-up of one step: the rate is 0 at step 0 and 1e-2 from step 1)."""
+    """A skipped step keeps parameters and Adam's state; the step counter, which the learning
+    rate follows, advances, so the next step applies the next step's rate (warm-up of one
+    step: the rate is 0 at step 0 and 1e-2 from step 1)."""
     tx, schedule = make_optimizer(10, learning_rate=1e-2, warmup_steps=1)
     step = jax.jit(make_train_step(MODEL, tx, schedule, [TASK_A], LOSS))
     state = _fresh_state(tx)
@@ -228,14 +220,8 @@ def test_non_finite_step_changes_nothing_but_the_counters():
     broken = {**batch, "vision": batch["vision"].at[0, 0, 0, 0, 0].set(jnp.nan)}
     after, metrics = step(state, {"task_a": broken}, jax.random.key(0))
     assert bool(metrics["skipped"]) and int(after["step"]) == 1
-    assert _schedule_counts(after["opt_state"]) == [1]
     _assert_trees_close(after["params"], before["params"], rtol=0, atol=0)
-    without_schedule = lambda s: jax.tree.map(  # noqa: E731
-        lambda n: None if _is_schedule(n) else n, s, is_leaf=_is_schedule
-    )
-    _assert_trees_close(
-        without_schedule(after["opt_state"]), without_schedule(before["opt_state"]), rtol=0, atol=0
-    )
+    _assert_trees_close(after["opt_state"], before["opt_state"], rtol=0, atol=0)
     resumed, metrics = step(after, {"task_a": batch}, jax.random.key(1))
     assert float(metrics["learning_rate"]) == pytest.approx(1e-2)
     moved = max(

@@ -193,12 +193,20 @@ def test_the_loop_paths_of_the_schedules(tmp_path, run_config, schedule):
     held-out losses fed back to the sampler, which keeps them in the checkpoint (loss_aware)."""
     from imp.training.checkpoint import Checkpointer
 
-    summary = loop.train(*run_config(tmp_path, 4, *SAME, f"Schedule.name = '{schedule}'"))
+    # A task's own peak and warm-up (seed 000 Table 6), under an alternating schedule.
+    videos = "{'digit_videos_cls': {'lr_multiplier': 2.0, 'warmup_steps': 2}}"
+    own = [f"Experiment.task_options = {videos}"] if schedule == "loss_aware" else []
+    bindings = [*SAME, f"Schedule.name = '{schedule}'", *own]
+    summary = loop.train(*run_config(tmp_path, 4, *bindings))
     records = _records(tmp_path)
     assert all(np.isfinite(r["loss"]) for r in records)
     drawn = {r["task"] for r in records}
     if schedule == "loss_aware":
         assert [r["step"] for r in records] == [1, 2, 3, 4]
+        for r in records:  # runs/demo.gin: peak 1e-3, 50 warm-up steps
+            own = r["task"] == "digit_videos_cls"
+            want = 2e-3 * min(r["step"] - 1, 2) / 2 if own else 1e-3 * (r["step"] - 1) / 50
+            assert r["learning_rate"] == pytest.approx(want, rel=1e-5), r
         meta = Checkpointer(tmp_path / "checkpoints", read_only=True).meta(4)
         assert set(meta["sampler"]["averages"]) == drawn
         assert summary["graphs"] == len(drawn)

@@ -171,14 +171,14 @@ def experiment(
     model: ImpModel, tasks: list[TaskSpec], partitioner: Partitioner | None = None
 ) -> Experiment:
     """The synthetic tasks on `model`, validated like any run; Adam with a short warm-up."""
-    tx, learning_rate = make_optimizer(total_steps=10_000, warmup_steps=10)
+    tx, step_size = make_optimizer(total_steps=10_000, warmup_steps=10)
     return Experiment(
         tasks=tuple(tasks),
         model=model,
         train_steps=10_000,
         partitioner=partitioner,
         tx=tx,
-        learning_rate=learning_rate,
+        step_size=step_size,
     )
 
 
@@ -255,7 +255,7 @@ def step_flops(model: ImpModel, spec: TaskSpec) -> float:
     for the CPU and counted."""
     unrolled = Bench(experiment(model.clone(scan_layers=False), [spec]))
     e = unrolled.experiment
-    step = make_train_step(e.model, e.tx, e.learning_rate, [spec], e.loss)
+    step = make_train_step(e.model, e.tx, e.step_size, [spec], e.loss)
     batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), unrolled.batch(spec.name)
     )

@@ -67,8 +67,8 @@ def _jax_parts(bench: common.Bench, spec, profile: bool) -> dict:
 
     forward = jax.jit(loss)
     forward_backward = jax.jit(jax.value_and_grad(loss))
-    tx = bench.experiment.tx
-    update = jax.jit(lambda state, g: step_lib.apply_gradients(state, g, tx, [spec], True))
+    tx, size = bench.experiment.tx, bench.experiment.step_size.for_task(spec)
+    update = jax.jit(lambda state, g: step_lib.apply_gradients(state, g, tx, size, [spec]))
     grads = forward_backward(bench.state["params"])[1]
     parts["forward"] = lambda: forward(bench.state["params"])
     parts["forward+backward"] = lambda: forward_backward(bench.state["params"])

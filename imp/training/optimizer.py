@@ -7,11 +7,15 @@ the others. Adam's bias correction must then count the group's own updates, not 
 with one global count, a head sampled 10% of the time would be corrected as if its moments had
 been averaged over ten times as many gradients as they have (UniT, seed 002, keeps one count per
 group for this reason). `scale_by_group_adam` keeps one count per parameter leaf, in a tree of
-the parameters' structure, so the train step freezes a group's count with its moments. The
-learning rate still follows the run's step: `scale_by_learning_rate` keeps one global count
-outside the parameter trees, which only a skipped (non-finite) step holds back.
+the parameters' structure, so the train step freezes a group's count with its moments.
+
+The optimizer gives a direction; how far a step goes along it is the `StepSize`'s, which the
+train step applies: the learning rate follows the run's step, and a task may have its own peak
+(`lr_multiplier`), warm-up and weight decay (PolyViT, seed 000 Table 6), so the rate and decay of
+a step are those of the task it trains.
 """
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -82,6 +86,45 @@ def kernel_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: is_kernel(path), params)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepSize:
+    """A step's learning rate, a linear warm-up from zero to `peak` and a cosine decay to zero
+    at `decay_steps`, and the decoupled weight decay (AdamW's, scaled by the learning rate) on
+    kernels (`is_kernel`). `for_task` gives a task's own."""
+
+    peak: float
+    warmup_steps: int
+    decay_steps: int
+    weight_decay: float = 0.0
+
+    def __call__(self, step) -> jax.Array:
+        """The learning rate at `step` (counted from 0)."""
+        warmup = min(self.warmup_steps, self.decay_steps - 1)
+        return optax.warmup_cosine_decay_schedule(0.0, self.peak, warmup, self.decay_steps)(step)
+
+    def for_task(self, task) -> "StepSize":
+        """The step size of a step that trains `task` alone (a `TaskSpec`): the peak times its
+        `lr_multiplier`, and its own `warmup_steps` and `weight_decay` where it sets them."""
+        return dataclasses.replace(
+            self,
+            peak=self.peak * task.lr_multiplier,
+            warmup_steps=self.warmup_steps if task.warmup_steps is None else task.warmup_steps,
+            weight_decay=self.weight_decay if task.weight_decay is None else task.weight_decay,
+        )
+
+    def update(self, direction, params, step):
+        """The parameter update `-rate(step) * (direction + weight_decay * kernel)`."""
+        rate = self(step)
+        if self.weight_decay:
+            direction = jax.tree.map(
+                lambda d, p, k: d + self.weight_decay * p if k else d,
+                direction,
+                params,
+                kernel_mask(params),
+            )
+        return jax.tree.map(lambda d: -rate * d, direction)
+
+
 # "adam": Adam with one update count per parameter group (seed 004); "sgd": SGD with momentum,
 # one momentum state for every task (PolyViT, seed 000 Appendix B, and ViT fine-tuning).
 OPTIMIZERS = ("adam", "sgd")
@@ -101,14 +144,16 @@ def make_optimizer(
     decay_steps: int | None = None,
     optimizer: str = "adam",
     momentum: float = 0.9,  # of "sgd"
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Returns the optimizer (`OPTIMIZERS`) and its learning-rate schedule.
+) -> tuple[optax.GradientTransformation, StepSize]:
+    """Returns the optimizer (`OPTIMIZERS`), which gives each step's direction, and the run's
+    `StepSize` (learning rate and weight decay), which the train step applies.
 
     Adam keeps one update count per parameter (see `scale_by_group_adam`). SGD keeps one
     momentum trace, `trace = grad + momentum * trace`, and steps along it; under AGD a group's
     trace, like Adam's moments, holds still on the steps that do not sample it. `weight_decay`
     is decoupled (AdamW: `weight_decay * param` is added to the direction before the learning
-    rate scales it) and applies to kernels only (`is_kernel`).
+    rate scales it) and applies to kernels only (`is_kernel`). Tasks may set their own warm-up
+    and weight decay (`Experiment.task_options`).
 
     The cosine decays over `decay_steps` (default: the run's `total_steps`); fix it when a
     run will be extended, so that its first part follows the same schedule.
@@ -138,16 +183,9 @@ def make_optimizer(
         validation.at_least("make_optimizer.clip_norm", clip_norm, 1e-12)
     if decay_steps is not None:
         validation.at_least("make_optimizer.decay_steps", decay_steps, 1)
-    decay_steps = max(decay_steps or total_steps, 2)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, min(warmup_steps, decay_steps - 1), decay_steps
+    direction = scale_by_group_adam(b1, b2, eps) if optimizer == "adam" else optax.trace(momentum)
+    clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+    step_size = StepSize(
+        learning_rate, warmup_steps, max(decay_steps or total_steps, 2), weight_decay
     )
-    if optimizer == "adam":
-        update = [scale_by_group_adam(b1, b2, eps)]
-    else:
-        update = [optax.trace(decay=momentum)]
-    if weight_decay:
-        update.append(optax.add_decayed_weights(weight_decay, mask=kernel_mask))
-    update.append(optax.scale_by_learning_rate(schedule))
-    parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-    return optax.chain(*parts, optax.chain(*update)), schedule
+    return optax.chain(*clip, direction), step_size

@@ -22,6 +22,7 @@ import optax
 from imp import objectives, validation
 from imp.modeling.model import ImpModel, contrastive_parameters
 from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.training.optimizer import StepSize
 from imp.training.train_state import TrainState
 
 
@@ -143,26 +144,10 @@ def _select(finite, new, old):
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
-def _is_schedule_state(node) -> bool:
-    return isinstance(node, optax.ScaleByScheduleState)
-
-
-def _select_opt_state(finite, new, old):
-    """`_select` of the optimizer state, except that learning-rate schedules always advance:
-    a skipped step keeps Adam's moments and counts, but the schedule stays on `state["step"]`
-    (the learning rate applied at step n is the one reported for step n)."""
-    return jax.tree.map(
-        lambda n, o: n if _is_schedule_state(n) else _select(finite, n, o),
-        new,
-        old,
-        is_leaf=_is_schedule_state,
-    )
-
-
 def make_train_step(
     model: ImpModel,
     tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
+    step_size: StepSize,
     tasks: Sequence[TaskSpec],
     loss: TaskLoss,
     freeze_untouched: bool = True,
@@ -170,10 +155,11 @@ def make_train_step(
     """`(state, batches, rng) -> (state, metrics)` minimising the sum of `tasks`' losses on
     `batches` (task name -> batch): one task is an AGD step, all tasks the summed baseline.
 
-    A lone task's learning-rate multiplier scales its update; with several tasks each
-    multiplier scales that task's gradient.
+    A lone task's step goes its own `StepSize` (`StepSize.for_task`); with several tasks,
+    each `lr_multiplier` scales that task's gradient and the update goes the run's.
     """
     tasks = tuple(tasks)
+    size = step_size.for_task(tasks[0]) if len(tasks) == 1 else step_size
 
     def loss_fn(params, batches, rng):
         total, metrics = 0.0, {}
@@ -188,14 +174,13 @@ def make_train_step(
         (total, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state["params"], batches, rng
         )
-        scale = tasks[0].lr_multiplier if len(tasks) == 1 else 1.0
         finite = jnp.isfinite(total) & jnp.isfinite(optax.global_norm(grads))
-        new_state = apply_gradients(state, grads, tx, tasks, freeze_untouched, scale, finite)
+        new_state = apply_gradients(state, grads, tx, size, tasks, freeze_untouched, finite)
         metrics = {
             **metrics,
             "loss": total,
             "grad_norm": optax.global_norm(grads),
-            "learning_rate": scale * schedule(state["step"]),
+            "learning_rate": size(state["step"]),
             "skipped": ~finite,
         }
         return new_state, metrics
@@ -204,16 +189,16 @@ def make_train_step(
 
 
 def apply_gradients(
-    state, grads, tx, tasks, freeze_untouched: bool, scale: float = 1.0, finite=None
+    state, grads, tx, step_size: StepSize, tasks, freeze_untouched: bool = True, finite=None
 ) -> TrainState:
-    """The optax update of `grads`, keeping untouched parameters (and everything, when the
-    step is not `finite`: by default, when the gradients are not) as they were; the step
-    counter and the learning-rate schedule always advance."""
+    """The update of `grads` (`tx`'s direction, `step_size`'s learning rate and weight decay)
+    for a step training `tasks`, keeping untouched parameters (and everything, when the step is not
+    `finite`: by default, when the gradients are not) as they were; the step counter always
+    advances, so the learning rate of step n is the one reported for step n."""
     if finite is None:
         finite = jnp.isfinite(optax.global_norm(grads))
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    if scale != 1.0:
-        updates = jax.tree.map(lambda u: u * scale, updates)
+    direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    updates = step_size.update(direction, state["params"], state["step"])
     params = optax.apply_updates(state["params"], updates)
     if freeze_untouched:
         untouched = set(state["params"]) - set().union(*(used_parameters(t) for t in tasks))
@@ -222,7 +207,7 @@ def apply_gradients(
     return {
         "step": state["step"] + 1,
         "params": _select(finite, params, state["params"]),
-        "opt_state": _select_opt_state(finite, opt_state, state["opt_state"]),
+        "opt_state": _select(finite, opt_state, state["opt_state"]),
     }
 
 
@@ -241,18 +226,19 @@ def make_grad_step(model: ImpModel, task: TaskSpec, loss: TaskLoss) -> Callable:
 
 def make_apply_step(
     tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
+    step_size: StepSize,
     tasks: Sequence[TaskSpec],
     freeze_untouched: bool = True,
 ) -> Callable:
-    """`(state, grads) -> (state, metrics)`: one update from gradients summed over tasks."""
+    """`(state, grads) -> (state, metrics)`: one update from gradients summed over tasks (each
+    scaled by its `lr_multiplier` in `make_grad_step`), of the run's `step_size`."""
 
     def apply_step(state, grads):
-        new_state = apply_gradients(state, grads, tx, tuple(tasks), freeze_untouched)
+        new_state = apply_gradients(state, grads, tx, step_size, tuple(tasks), freeze_untouched)
         finite = jnp.isfinite(optax.global_norm(grads))
         return new_state, {
             "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state["step"]),
+            "learning_rate": step_size(state["step"]),
             "skipped": ~finite,
         }
 

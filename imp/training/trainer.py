@@ -33,7 +33,7 @@ class Trainer:
 
     def __init__(self, experiment: "Experiment", freeze_untouched: bool = True):
         self.model, self.tx = experiment.model, experiment.tx
-        self.schedule, self.loss = experiment.learning_rate, experiment.loss
+        self.step_size, self.loss = experiment.step_size, experiment.loss
         self.specs, self.partitioner = experiment.specs, experiment.partitioner
         self.shardings = experiment.shardings
         self.accumulate = experiment.schedule.name == "accumulated"
@@ -54,7 +54,7 @@ class Trainer:
         label = names[0] if len(names) == 1 else "summed"
         key = (label, tuple(t.objective for t in tasks), signature(batches))
         fn = make_train_step(
-            self.model, self.tx, self.schedule, tasks, self.loss, self.freeze_untouched
+            self.model, self.tx, self.step_size, tasks, self.loss, self.freeze_untouched
         )
         replicated = self.partitioner.replicated()
         compile_fn = self._compile(
@@ -81,7 +81,7 @@ class Trainer:
     def _apply_job(self, state, grads):
         key = ("accumulated", ("update",), ())
         tasks = list(self.specs.values())
-        fn = make_apply_step(self.tx, self.schedule, tasks, self.freeze_untouched)
+        fn = make_apply_step(self.tx, self.step_size, tasks, self.freeze_untouched)
         compile_fn = self._compile(
             fn,
             (state, grads),
