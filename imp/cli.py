@@ -3,6 +3,7 @@
 imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
 imp eval --checkpoint_dir DIR [--step N] [--evaluations a,b] [--cross_modal S:T] [--gin_file F ...]
+imp probe-table --checkpoint_dir DIR [--checkpoint_dir DIR ...] --mixture NAME [--json]
 imp ablation NAME [--seeds 3] [--out DIR] [--gin_file F ...] [--gin.NAME=VALUE ...]
                                         (NAME: see `imp ablation --help`)
 imp data demo --out DIR [--seed N] [--num_images N]
@@ -220,6 +221,31 @@ def _eval(args, flag_bindings) -> int:
     return 0
 
 
+def _probe_table(args, flag_bindings) -> int:
+    """Seed 000 Table 9: linear probes of each run on every task of `--mixture`."""
+    from imp.evaluation import checkpoint_eval, probe_table
+    from imp.experiment import Experiment
+
+    extra = list(args.gin_file)
+    rows = []
+    for checkpoint_dir in args.checkpoint_dir:
+        run_dir = checkpoint_eval.run_dir_of(checkpoint_dir)
+        args.gin_file = [str(run_dir / "config.gin"), *extra]
+        _configure(args, flag_bindings)
+        build = functools.partial(
+            Experiment.from_gin, model_dir=str(run_dir), writable=False, training=False
+        )
+        trained = probe_table.trained_modalities(build().tasks)
+        experiment = build(mixture_or_task_name=args.mixture)
+        step = checkpoint_eval.pick_step(run_dir, None)
+        label = str(Path(checkpoint_dir))
+        rows.append(
+            probe_table.probe_row(label, experiment, trained, step, checkpoint_eval.evaluate)
+        )
+    print(json.dumps(rows) if args.json else probe_table.format_table(rows))
+    return 0
+
+
 def _cross_modal_pair(value: str | None) -> tuple[str, str] | None:
     if value is None:
         return None
@@ -271,6 +297,16 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     _gin_parser(evaluate)
     evaluate.set_defaults(run=_eval)
+    probes = commands.add_parser(
+        "probe-table", help="linear probes of runs on every task of a mixture (seed 000 Table 9)"
+    )
+    probes.add_argument(
+        "--checkpoint_dir", action="append", required=True, help="a run dir; one per row"
+    )
+    probes.add_argument("--mixture", required=True, help="the tasks probed (the columns)")
+    probes.add_argument("--json", action="store_true")
+    _gin_parser(probes)
+    probes.set_defaults(run=_probe_table)
     ablation = commands.add_parser(
         "ablation", help="the papers' findings, measured (docs/ablations.md)"
     )

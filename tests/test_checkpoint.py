@@ -62,6 +62,22 @@ def test_another_configuration_stops_naming_the_leaf_and_touches_nothing(saved, 
     assert _snapshot(saved) == before
 
 
+def test_parameters_read_alone_whatever_the_optimizer_state(saved, opened):
+    """Evaluation reads the parameters only: a run of another optimizer (here SGD's state
+    over Adam's) still evaluates, placed as asked; a parameter of another shape is named."""
+    state = _state()
+    sgd = {**state, "opt_state": optax.sgd(1.0, momentum=0.9).init(state["params"])}
+    before = _snapshot(saved)
+    params = opened(saved).params(2, _abstract(sgd)["params"])
+    assert jax.tree.map(lambda x: x.tolist(), params) == jax.tree.map(
+        lambda x: x.tolist(), state["params"]
+    )
+    assert params["w"].sharding == _abstract(sgd)["params"]["w"].sharding
+    with pytest.raises(ImpError, match=r"params/b is \(3,\) in the checkpoint and \(5,\) in"):
+        opened(saved).params(2, _abstract(_state(width=5))["params"])
+    assert _snapshot(saved) == before
+
+
 # Reading truncated data, tensorstore leaves an asyncio callback for a closed loop: noise.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", ["empty", "truncated"])

@@ -289,3 +289,16 @@ def test_a_task_outside_the_runs_mixture_is_probed_by_its_features(run_dir, tmp_
     assert "this run trained no classifiers_sounds" in capsys.readouterr().err
     assert cli.main([*argv, "--evaluations=linear_probe", "--cross_modal=vision:spectrogram"]) == 2
     assert "vision_patch's height and width (8, 8) differ" in capsys.readouterr().err
+    # The run's row of seed 000's Table 9: it trained spectrograms too, so no conversion; its
+    # probes go beside the run's other evaluations.
+    table = ["probe-table", f"--checkpoint_dir={run_dir}", "--mixture=digit_videos_audio_cls"]
+    assert cli.main([*table, argv[3], argv[5], "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["trained"] == ["spectrogram", "vision"]
+    cell = row["tasks"]["digit_videos_audio_cls"]
+    assert cell == {
+        "value": pytest.approx(probe["value"]),
+        "chance": probe["chance"],
+        "cross_modal": False,
+    }
+    assert (run_dir / "eval" / "probes_step_10" / "eval.json").is_file()

@@ -69,20 +69,20 @@ def evaluate(
     checkpointer = Checkpointer(run_dir / "checkpoints", read_only=True)
     new_heads = _heads_not_trained(checkpointer, step, experiment, evaluations)
     if new_heads:
-        state = {"params": _params_with_new_heads(checkpointer, step, experiment)}
+        params = _params_with_new_heads(checkpointer, step, experiment, new_heads)
     else:
-        state, _ = checkpointer.restore(step, experiment.abstract_state)
+        params = checkpointer.params(step, experiment.abstract_state["params"])
     if cross_modal_pair:
-        flat = surgery.flatten(state["params"])
+        flat = surgery.flatten(params)
         converted = cross_modal.convert(flat, experiment.model, *cross_modal_pair)
         flat |= {n: from_host(v, flat[n].sharding) for n, v in converted.items()}
-        state = {**state, "params": surgery.unflatten(flat)}
+        params = surgery.unflatten(flat)
     evaluated = evaluator.tasks_to_evaluate(experiment.tasks)
     summary = {
         "step": step,
         "devices": jax.device_count(),
         "inputs": {name: evaluator.input_shapes(spec) for name, spec in evaluated.items()},
-        "tasks": experiment.evaluate(state["params"], evaluations),
+        "tasks": experiment.evaluate(params, evaluations),
     }
     if jax.process_index() == 0:
         _write(Path(out) if out else run_dir / "eval" / f"step_{step}", summary)
@@ -106,17 +106,15 @@ def _heads_not_trained(checkpointer, step: int, experiment, evaluations) -> list
     return heads
 
 
-def _params_with_new_heads(checkpointer, step: int, experiment) -> dict:
-    """The checkpoint's parameters with zeros for the heads it lacks, placed as configured."""
-    saved = surgery.flatten(checkpointer.params(step))
+def _params_with_new_heads(checkpointer, step: int, experiment, heads: list[str]) -> dict:
+    """The checkpoint's parameters with zeros for the `heads` it lacks, placed as configured."""
     abstract = surgery.flatten(experiment.abstract_state["params"])
-    placed = {
-        name: from_host(
-            saved[name] if name in saved else np.zeros(spec.shape, spec.dtype), spec.sharding
-        )
-        for name, spec in abstract.items()
-    }
-    return surgery.unflatten(placed)
+    kept = {n: spec for n, spec in abstract.items() if n.split("/")[0] not in heads}
+    flat = surgery.flatten(checkpointer.params(step, surgery.unflatten(kept)))
+    for name in abstract.keys() - kept.keys():
+        spec = abstract[name]
+        flat[name] = from_host(np.zeros(spec.shape, spec.dtype), spec.sharding)
+    return surgery.unflatten(flat)
 
 
 def _write(out: Path, summary: dict) -> None:

@@ -84,18 +84,49 @@ class Checkpointer:
         flat = surgery.flatten(dict(metadata)["params"])
         return {name: jax.ShapeDtypeStruct(m.shape, m.dtype) for name, m in flat.items()}
 
-    def params(self, step: int) -> dict:
-        """The parameters saved at `step` by any model, on this process's first device (the
-        whole state is read: nothing describes it but its metadata)."""
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        metadata = self._read(step, lambda: self.manager.item_metadata(step)["state"])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), dict(metadata)
+    def params(self, step: int, abstract_params=None) -> dict:
+        """The parameters saved at `step`, read without the optimizer state (so a run of
+        another optimizer evaluates too): those `abstract_params` names (`ShapeDtypeStruct`s
+        with shardings; each must be saved, in its shape), placed like them; or all of them,
+        as saved by any model, on this process's first device."""
+        metadata = dict(self._read(step, lambda: self.manager.item_metadata(step)["state"]))
+        saved = surgery.flatten(metadata["params"])
+        if abstract_params is None:
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            wanted = {
+                n: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device) for n, m in saved.items()
+            }
+        else:
+            wanted = surgery.flatten(abstract_params)
+            for name, spec in sorted(wanted.items()):
+                shape = tuple(saved[name].shape) if name in saved else None
+                if shape != tuple(spec.shape):
+                    raise self._mismatch(step, f"params/{name}", shape, spec.shape)
+        # Whatever is not wanted is skipped (orbax's placeholder), which only the PyTree
+        # handler underneath the standard one reads.
+        skip = lambda tree: jax.tree.map(lambda _: ocp.PLACEHOLDER, tree)  # noqa: E731
+        target = {key: skip(value) for key, value in metadata.items()}
+        target["params"] = surgery.unflatten({n: wanted.get(n, ocp.PLACEHOLDER) for n in saved})
+        restore_args = jax.tree.map(
+            lambda x: (
+                ocp.ArrayRestoreArgs(sharding=x.sharding)
+                if isinstance(x, jax.ShapeDtypeStruct)
+                else ocp.RestoreArgs()
+            ),
+            target,
         )
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        return self._readable(step, lambda: self.manager.restore(step, args=args))["state"][
-            "params"
-        ]
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(target, restore_args=restore_args))
+        reader = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(read_only=True),
+            item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+        )
+        try:
+            read = self._readable(step, lambda: reader.restore(step, args=args))["state"]["params"]
+        finally:
+            reader.close()
+        read = surgery.flatten(read)
+        return surgery.unflatten({name: read[name] for name in wanted})
 
     def check_matches(self, step: int, abstract_state: TrainState) -> None:
         """An `ImpError` naming the first leaf whose shape differs between the checkpoint at
@@ -105,12 +136,14 @@ class Checkpointer:
         for name in sorted(set(saved) | set(configured), key=lambda n: (n[:7] != "params/", n)):
             a, b = saved.get(name), configured.get(name)
             if a != b:
-                raise ImpError(
-                    f"the checkpoint at step {step} in {self.directory} does not match the "
-                    f"configured model: {name} is {_shape(a)} in the checkpoint and {_shape(b)} "
-                    "in the configuration; resume with the run's own config.gin, or train into "
-                    "a new MODEL_DIR"
-                )
+                raise self._mismatch(step, name, a, b)
+
+    def _mismatch(self, step: int, name: str, saved, configured) -> ImpError:
+        return ImpError(
+            f"the checkpoint at step {step} in {self.directory} does not match the configured "
+            f"model: {name} is {_shape(saved)} in the checkpoint and {_shape(configured)} in the "
+            "configuration; resume with the run's own config.gin, or train into a new MODEL_DIR"
+        )
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         """Restores `step` into the shardings carried by `abstract_state`, after checking that
