@@ -1,12 +1,18 @@
 """Training objectives (seed 004 §3.2): softmax cross-entropy, sigmoid cross-entropy for
-multi-label data (AudioSet), and symmetric cross-modal NCE.
+multi-label data (AudioSet), and symmetric cross-modal NCE; and set prediction for detection
+(UniT, seed 002 §3.4, as DETR).
 
 Each returns `(loss, metrics)` with a scalar loss averaged over the batch.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
+
+from imp import boxes as box_ops
+from imp.matching import hungarian
 
 
 def softmax_cross_entropy(
@@ -86,3 +92,82 @@ def nce(
         metrics[f"accuracy/{x}_{y}"] = accuracy
         metrics[f"temperature/{x}_{y}"] = 1.0 / scale
     return jnp.mean(jnp.stack(losses)), metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class SetWeights:
+    """The set-prediction loss's weights, in the matching cost and in the loss alike, and the
+    no-object class's weight in the classification loss: DETR's, which UniT keeps (seed
+    002 §3.4)."""
+
+    classification: float = 1.0
+    l1: float = 5.0
+    giou: float = 2.0
+    no_object: float = 0.1
+
+
+def set_prediction(
+    class_logits: jax.Array,
+    pred_boxes: jax.Array,
+    labels: jax.Array,
+    target_boxes: jax.Array,
+    valid: jax.Array,
+    weights: SetWeights = SetWeights(),
+) -> tuple[jax.Array, dict]:
+    """DETR's loss of a set of predictions against a set of objects, summed over decoder
+    layers (the auxiliary decoding losses; the last layer is the prediction).
+
+    `class_logits` `[layers, batch, queries, classes + 1]` (the last class: no object),
+    `pred_boxes` `[layers, batch, queries, 4]` `(cx, cy, w, h)` in [0, 1]; `labels`
+    `[batch, objects]`, `target_boxes` `[batch, objects, 4]` and `valid` `[batch, objects]`
+    (padding rows False). Each layer and example is matched on its own (`hungarian`) by the
+    weighted cost of class probability, L1 and GIoU; matched queries learn their object's
+    class and box, the others the no-object class (weighted `no_object`). The classification
+    loss is averaged over the weights, the box losses over the batch's objects."""
+    no_object = class_logits.shape[-1] - 1
+    objects = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+
+    def layer(logits, pred):
+        assigned = jax.vmap(_match, in_axes=(0, 0, 0, 0, 0, None))(
+            logits, pred, labels, target_boxes, valid, weights
+        )
+        queries = logits.shape[1]
+        rows = jnp.where(valid, assigned, queries)  # padding rows write nowhere
+        batch = jnp.arange(labels.shape[0])[:, None]
+        target = jnp.full(logits.shape[:2], no_object).at[batch, rows].set(labels, mode="drop")
+        class_weight = jnp.where(target == no_object, weights.no_object, 1.0)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, target)
+        classification = (class_weight * ce).sum() / class_weight.sum()
+        matched = jnp.take_along_axis(pred, jnp.maximum(assigned, 0)[..., None], axis=1)
+        l1 = jnp.abs(matched - target_boxes).sum(-1)
+        giou = jax.vmap(jax.vmap(_giou))(matched, target_boxes)
+        l1 = jnp.where(valid, l1, 0.0).sum() / objects
+        giou_loss = jnp.where(valid, 1.0 - giou, 0.0).sum() / objects
+        loss = weights.classification * classification + weights.l1 * l1 + weights.giou * giou_loss
+        found = jnp.where(target == no_object, False, logits.argmax(-1) == target)
+        accuracy = found.sum() / objects
+        return loss, {
+            "loss_classification": classification,
+            "loss_l1": l1,
+            "loss_giou": giou_loss,
+            "matched_accuracy": accuracy,
+        }
+
+    losses, metrics = jax.vmap(layer)(class_logits, pred_boxes)
+    return losses.sum(), {name: value[-1] for name, value in metrics.items()}
+
+
+def _giou(a: jax.Array, b: jax.Array) -> jax.Array:
+    """GIoU of two `(cx, cy, w, h)` boxes."""
+    return box_ops.pairwise_giou(box_ops.corners(a)[None], box_ops.corners(b)[None])[0, 0]
+
+
+def _match(logits, pred, labels, target_boxes, valid, weights: SetWeights) -> jax.Array:
+    """One example's query per object (`hungarian` on the weighted cost; -1: padding)."""
+    logits, pred = jax.lax.stop_gradient((logits, pred))
+    probability = jax.nn.softmax(logits, axis=-1)  # [queries, classes + 1]
+    cost_class = -probability[:, labels].T  # [objects, queries]
+    cost_l1 = jnp.abs(target_boxes[:, None, :] - pred[None, :, :]).sum(-1)
+    cost_giou = -box_ops.pairwise_giou(box_ops.corners(target_boxes), box_ops.corners(pred))
+    cost = weights.classification * cost_class + weights.l1 * cost_l1 + weights.giou * cost_giou
+    return hungarian(jnp.where(valid[:, None], cost, 0.0), valid)
