@@ -46,7 +46,7 @@ from imp.modeling.model import (
     tokens_per_example,
 )
 from imp.partitioning.partitioner import Partitioner
-from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, DETECTION, TaskSpec
 from imp.training import train_state
 from imp.training.initialise import InitFrom
 from imp.training.optimizer import StepSize, make_optimizer
@@ -64,6 +64,7 @@ TASK_OPTIONS = {
     "mixup": float,
     "stochastic_depth": float,
     "head_init": str,
+    "queries": int,
 }
 _NO_RUN = (
     "no run is configured ({missing} unbound): the gin files given describe a model, not what "
@@ -85,7 +86,7 @@ def _recipe(
     """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
     hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
     lr_multiplier, warmup_steps, weight_decay, head_name, mixup, stochastic_depth,
-    head_init}}`, the seed of initialisation, sampling and data order, and another run's
+    head_init, queries}}`, the seed of initialisation, sampling and data order, and another run's
     checkpoint to start from (`@InitFrom()`, `imp.training.initialise`)."""
     return dict(
         model_dir=model_dir,
@@ -142,7 +143,7 @@ class Experiment:
             put("tx", tx)
             put("step_size", step_size)
         check_config(self.model)
-        put("model", self.model.clone(heads=_heads(self.tasks)))
+        put("model", self.model.clone(heads=_heads(self.tasks), decoded=_decoded(self.tasks)))
         self.new_sampler()  # checks the schedule against the tasks
         for spec in self.tasks:
             self._check_task(spec)
@@ -310,6 +311,16 @@ class Experiment:
             "alternating schedule, or lr_multiplier (which scales the task's gradient there)",
         )
         validation.require(
+            not spec.decoded or self.model.decoder is not None,
+            f"{where} decodes (UniT: detection, or Experiment.task_options queries = "
+            f"{spec.queries}): bind ImpModel.decoder = @QueryDecoder()",
+        )
+        validation.require(
+            not spec.decoded or not spec.mixup,
+            f"{where}: Experiment.task_options mixup mixes inputs of a classifier on pooled "
+            "tokens, not of a decoded task",
+        )
+        validation.require(
             not spec.mixup or spec.objective in CLASSIFICATION,
             f"{where}: Experiment.task_options mixup = {spec.mixup} mixes labels, and this task "
             f"has none (objective {spec.objective!r})",
@@ -378,7 +389,7 @@ def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
     where a task sets one, its initialiser; tasks sharing a head must agree on both."""
     heads: dict[str, tuple] = {}
     for spec in tasks:
-        if spec.objective not in CLASSIFICATION:
+        if spec.objective not in CLASSIFICATION or spec.decoded:
             continue
         head = (spec.head, spec.num_classes, *([spec.head_init] if spec.head_init else []))
         if heads.setdefault(spec.head, head) != head:
@@ -390,10 +401,32 @@ def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
     return tuple(sorted(heads.values()))
 
 
+def _decoded(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
+    """`ImpModel.decoded`: `(head, kind, classes, queries)` per head of the tasks that decode
+    (UniT); tasks sharing a head must agree, and a head decodes or reads pooled tokens."""
+    decoded: dict[str, tuple] = {}
+    pooled = {s.head for s in tasks if s.objective in CLASSIFICATION and not s.decoded}
+    for spec in (s for s in tasks if s.decoded):
+        kind = "detection" if spec.objective == DETECTION else "classification"
+        entry = (spec.head, kind, spec.num_classes, spec.num_queries)
+        validation.require(
+            spec.head not in pooled,
+            f"task '{spec.name}' decodes its head '{spec.head}', which another task reads from "
+            "pooled tokens; give it its own head_name in Experiment.task_options",
+        )
+        if decoded.setdefault(spec.head, entry) != entry:
+            raise ImpError(
+                f"task '{spec.name}' shares the decoded head '{spec.head}' with another task, as "
+                f"{decoded[spec.head][1:]} (kind, classes, queries) against {entry[1:]}; give it "
+                "its own head_name in Experiment.task_options"
+            )
+    return tuple(sorted(decoded.values()))
+
+
 def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
     """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, warmup_steps,
-    weight_decay, head_name, mixup, stochastic_depth, head_init}) applied; with `strict`, each
-    task named must be one of `tasks`."""
+    weight_decay, head_name, mixup, stochastic_depth, head_init, queries}) applied; with
+    `strict`, each task named must be one of `tasks`."""
     if options is None:
         return tasks
     validation.require(
@@ -421,6 +454,7 @@ def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> 
         validation.at_least(f"{where}['warmup_steps']", fields.get("warmup_steps", 0), 0)
         validation.at_least(f"{where}['weight_decay']", fields.get("weight_decay", 0.0), 0.0)
         validation.at_least(f"{where}['mixup']", fields.get("mixup", 0.0), 0.0)
+        validation.at_least(f"{where}['queries']", fields.get("queries", 0), 0)
         validation.require(
             fields.get("head_init", "zeros") in HEAD_INITS,
             f"{where}['head_init'] = {fields.get('head_init')!r}: choose from {tuple(HEAD_INITS)}",

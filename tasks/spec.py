@@ -11,7 +11,12 @@ import dataclasses
 from imp.errors import ImpError
 
 CLASSIFICATION = ("softmax", "bce")  # single-label, multi-label (sigmoid)
-OBJECTIVES = ("nce", *CLASSIFICATION)
+# Set prediction of objects' classes and boxes (UniT, seed 002 §3.4, as DETR): always through
+# the query decoder.
+DETECTION = "detection"
+OBJECTIVES = ("nce", *CLASSIFICATION, DETECTION)
+# Query embeddings of a decoded task when it does not set `queries` (seed 002 §3.3).
+DEFAULT_QUERIES = {DETECTION: 100, "softmax": 25}
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
 # Where a task's text comes from: the example's captions, or a prompt of one of its labels'
 # class names (seed 004 §4.1: label-based vision-text NCE on JFT / I21K, as BASIC).
@@ -51,6 +56,10 @@ class TaskSpec:
     head_init: str = ""  # the classifier head's initialiser (`HEAD_INITS`); "" = ImpModel's
     head_name: str = ""  # the classifier head; "" = one per data set
     text_source: str = "captions"  # one of TEXT_SOURCES
+    # UniT's query decoder: the task's query embeddings; 0 = no decoder (the head reads the
+    # pooled tokens), except detection, which always decodes (`DEFAULT_QUERIES`).
+    queries: int = 0
+    max_objects: int = 0  # detection: objects per example in a batch (padded)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -58,8 +67,13 @@ class TaskSpec:
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
             raise ImpError(f"task '{self.name}': unknown modalities {sorted(unknown)}")
-        if self.objective in CLASSIFICATION and not self.class_names:
+        if self.objective in (*CLASSIFICATION, DETECTION) and not self.class_names:
             raise ImpError(f"task '{self.name}': a {self.objective} task needs class_names")
+        if self.queries and self.objective not in ("softmax", DETECTION):
+            raise ImpError(
+                f"task '{self.name}': only single-label classification and detection decode "
+                f"queries (objective {self.objective!r}, queries {self.queries})"
+            )
         if self.text_source not in TEXT_SOURCES:
             raise ImpError(
                 f"task '{self.name}': text source '{self.text_source}' not in {TEXT_SOURCES}"
@@ -72,6 +86,17 @@ class TaskSpec:
     @property
     def head(self) -> str:
         return self.head_name or self.dataset
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the task's head reads the query decoder (UniT) rather than pooled tokens."""
+        return self.objective == DETECTION or self.queries > 0
+
+    @property
+    def num_queries(self) -> int:
+        if not self.decoded:
+            return 0
+        return self.queries or DEFAULT_QUERIES[self.objective]
 
     @property
     def has_captions(self) -> bool:

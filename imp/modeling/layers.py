@@ -133,13 +133,62 @@ class SelfAttention(nn.Module):
             out = factorised_heads(dot_product_attention, q, k, v, mask, grid)
         else:
             out = dot_product_attention(q, k, v, mask)
-        out = constrain(out, ("batch", "heads", "length", "kv"))
-        w_out = param_with_axes(
+        return _output_projection(self, out, d_model)
+
+
+def _output_projection(module: nn.Module, out: jax.Array, d_model: int) -> jax.Array:
+    """The heads' outputs `[batch, heads, length, kv]` projected back to `[batch, length,
+    embed]` (parameters `out_kernel`, `out_bias` of `module`)."""
+    out = constrain(out, ("batch", "heads", "length", "kv"))
+    _, heads, _, head_dim = out.shape
+    w_out = param_with_axes(
+        module,
+        "out_kernel",
+        nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
+        (heads, head_dim, d_model),
+        ("heads", "kv", "embed"),
+    )
+    b_out = param_with_axes(module, "out_bias", nn.initializers.zeros, (d_model,), ("embed",))
+    return jnp.einsum("bhlk,hkd->bld", out, w_out) + b_out
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of queries `x` `[batch, queries, embed]` into `memory` `[batch,
+    length, embed]` (the keys `mask` `[batch, length]` keeps): a decoder's cross-attention
+    (UniT's query decoder, seed 002 §3.3)."""
+
+    num_heads: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, memory: jax.Array, mask: jax.Array) -> jax.Array:
+        d_model = x.shape[-1]
+        head_dim = d_model // self.num_heads
+        w_q = param_with_axes(
             self,
-            "out_kernel",
-            nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
-            (self.num_heads, head_dim, d_model),
-            ("heads", "kv", "embed"),
+            "q_kernel",
+            nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)),
+            (d_model, self.num_heads, head_dim),
+            ("embed", "heads", "kv"),
         )
-        b_out = param_with_axes(self, "out_bias", nn.initializers.zeros, (d_model,), ("embed",))
-        return jnp.einsum("bhlk,hkd->bld", out, w_out) + b_out
+        w_kv = param_with_axes(
+            self,
+            "kv_kernel",
+            nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3)),
+            (d_model, 2, self.num_heads, head_dim),
+            ("embed", None, "heads", "kv"),
+        )
+        b_q = param_with_axes(
+            self, "q_bias", nn.initializers.zeros, (self.num_heads, head_dim), ("heads", "kv")
+        )
+        b_kv = param_with_axes(
+            self,
+            "kv_bias",
+            nn.initializers.zeros,
+            (2, self.num_heads, head_dim),
+            (None, "heads", "kv"),
+        )
+        q = jnp.einsum("bqd,dhk->bhqk", x, w_q) + b_q[None, :, None]
+        kv = jnp.einsum("bld,dthk->tbhlk", memory, w_kv) + b_kv[:, None, :, None]
+        q = q / jnp.sqrt(head_dim).astype(x.dtype)
+        out = dot_product_attention(q, kv[0], kv[1], mask)
+        return _output_projection(self, out, d_model)

@@ -3,7 +3,9 @@
 Each modality of an example is encoded on its own by the same encoder; a classification task
 reads its dataset's linear head on the pooled tokens, a contrastive task projects each modality
 into the space it shares with each other modality and divides similarities by a learned
-temperature (`contrastive_head`, `temperature`).
+temperature (`contrastive_head`, `temperature`). With a query `decoder` (UniT, seed 002), the
+tasks in `decoded` send their own queries through it, over the encoded tokens of all their
+inputs, to a detection head or a classifier (`ImpModel.decode`).
 """
 
 import functools
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 from imp import validation
 from imp.errors import ImpError, did_you_mean
 from imp.modeling import embedders
+from imp.modeling.decoder import DecodedClassifier, DetectionHead, QueryDecoder, QueryEmbeddings
 from imp.modeling.embedders import (
     POSITIONS,
     ClassToken,
@@ -168,6 +171,11 @@ class ImpModel(nn.Module):
     # "image" and "video" are PolyViT's two (`adaptor_stack`).
     adaptor_layers: int = 0
     adaptor_modalities: tuple[str, ...] = MODALITIES
+    # UniT's shared query decoder (`ImpModel.decoder = @QueryDecoder()`), and the heads that
+    # decode through it, `(head, kind, classes, queries)` with kind "detection" or
+    # "classification" (set from the tasks by the experiment, like `heads`).
+    decoder: QueryDecoder | None = None
+    decoded: tuple[tuple[str, str, int, int], ...] = ()
 
     def setup(self):
         vision = VisionEmbedder(
@@ -270,6 +278,17 @@ class ImpModel(nn.Module):
             name: ClassifierHead(n, init[0] if init else self.head_init)
             for name, n, *init in self.heads
         }
+        if self.decoded:
+            width = self.decoder.width
+            self.queries = {name: QueryEmbeddings(q, width) for name, _, _, q in self.decoded}
+            self.detectors = {
+                name: DetectionHead(n) for name, kind, n, _ in self.decoded if kind == "detection"
+            }
+            self.decoded_classifiers = {
+                name: DecodedClassifier(n)
+                for name, kind, n, _ in self.decoded
+                if kind == "classification"
+            }
         assert self.temperature in TEMPERATURES, self.temperature
         if self.temperature == "clip":
             self.logit_scale = self.param(
@@ -369,6 +388,35 @@ class ImpModel(nn.Module):
                 out.update({f"embedding/{source}/{t}": embedded[k] for t, k in targets.items()})
         return out
 
+    def decode(
+        self,
+        inputs: dict[str, jax.Array],
+        head: str,
+        drop_rate: float = 0.0,
+        train: bool = False,
+        drop_path: float = 0.0,
+    ) -> dict[str, jax.Array]:
+        """A decoded task's outputs: every input modality encoded, their tokens concatenated
+        (seed 002 §3.3), the head's queries decoded over them. Detection gives
+        `class_logits` `[layers, batch, queries, classes + 1]` and `boxes` `[layers, batch,
+        queries, 4]`; a classifier `logits` `[batch, classes]` from the last layer."""
+        tokens, masks, out = [], [], {}
+        for modality in MODALITIES:
+            if modality in inputs:
+                t, mask, stats = self.encode(
+                    modality, inputs[modality], drop_rate, train, drop_path
+                )
+                tokens.append(t)
+                masks.append(mask)
+                out.update({f"routing/{modality}/{k}": v for k, v in stats.items()})
+        tokens, mask = jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1)
+        hidden = self.decoder(self.queries[head](tokens.shape[0]), tokens, mask)
+        if head in self.detectors:
+            out["class_logits"], out["boxes"] = self.detectors[head](hidden)
+        else:
+            out["logits"] = self.decoded_classifiers[head](hidden[-1])
+        return out
+
     def init_everything(self, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Touches every embedder, adaptor stack, projection and head so `init` creates all
         parameters (a one-frame clip reaches the "image" adaptors)."""
@@ -377,6 +425,8 @@ class ImpModel(nn.Module):
             self.encode("vision", inputs["vision"][:, :1])
         for name, *_ in self.heads:
             self.classifiers[name](out["pooled/vision"])
+        for name, *_ in self.decoded:
+            self.decode({"text": inputs["text"]}, name)
         return out
 
 
@@ -509,6 +559,7 @@ def check_config(model: ImpModel) -> None:
         "which ViViT's factorised models, TokenLearner and MTV (ImpModel.attention, "
         "temporal_layers, token_learner, views) read whole: use it with a joint encoder",
     )
+    _check_decoder(model)
     _one_of("router", model.router, ROUTERS)
     _one_of("contrastive_head", model.contrastive_head, CONTRASTIVE_HEADS)
     _one_of("temperature", model.temperature, TEMPERATURES)
@@ -532,6 +583,37 @@ def check_config(model: ImpModel) -> None:
         except ValueError as error:
             where = " (the layers before and after the TokenLearner)" if len(parts) > 1 else ""
             raise ImpError(f"ImpModel MoE layers{where}: {error}") from None
+
+
+DECODED_KINDS = ("detection", "classification")
+
+
+def _check_decoder(model: ImpModel) -> None:
+    decoder = model.decoder
+    if decoder is None:
+        validation.require(
+            not model.decoded,
+            f"the tasks {[d[0] for d in model.decoded]} decode (UniT): bind ImpModel.decoder "
+            "= @QueryDecoder()",
+        )
+        return
+    validation.require(
+        isinstance(decoder, QueryDecoder),
+        f"ImpModel.decoder = {decoder!r}: expected @QueryDecoder()",
+    )
+    validation.check_fields(decoder, "QueryDecoder", scalars_only=True)
+    for field in ("width", "num_layers", "num_heads", "mlp_dim"):
+        validation.at_least(f"QueryDecoder.{field}", getattr(decoder, field), 1)
+    validation.require(
+        decoder.width % decoder.num_heads == 0,
+        f"QueryDecoder.num_heads = {decoder.num_heads} does not divide QueryDecoder.width = "
+        f"{decoder.width}",
+    )
+    _one_of("decoder's remat_policy", decoder.remat_policy, REMAT_POLICIES)
+    for name, kind, classes, queries in model.decoded:
+        _one_of(f"decoded['{name}'] kind", kind, DECODED_KINDS)
+        validation.at_least(f"the queries of '{name}'", queries, 1)
+        validation.at_least(f"the classes of '{name}'", classes, 1)
 
 
 def _check_views(model: ImpModel) -> None:

@@ -21,7 +21,7 @@ import optax
 
 from imp import objectives, validation
 from imp.modeling.model import ImpModel, contrastive_parameters
-from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, DETECTION, TaskSpec
 from imp.training.optimizer import StepSize
 from imp.training.train_state import TrainState
 
@@ -32,7 +32,10 @@ def used_parameters(task: TaskSpec) -> set[str]:
     used = {"encoder"} | {f"{part}_{m}" for m in task.modalities for part in parts}
     if "vision" in task.modalities:  # PolyViT's separate image and video adaptors
         used.add("adaptors_image" if task.frames == 1 else "adaptors_video")
-    if task.objective in CLASSIFICATION:
+    if task.decoded:  # UniT: the shared decoder, the task's queries and head
+        head = "detectors" if task.objective == DETECTION else "decoded_classifiers"
+        used |= {"decoder", f"queries_{task.head}", f"{head}_{task.head}"}
+    elif task.objective in CLASSIFICATION:
         used.add(f"classifiers_{task.head}")
     else:
         used |= contrastive_parameters(task.modalities)
@@ -95,7 +98,7 @@ class TaskLoss:
             inputs = {
                 m: x.astype(dtype) if x.dtype == jnp.float32 else x for m, x in inputs.items()
             }
-        head = task.head if task.objective in CLASSIFICATION else None
+        head = task.head if task.decoded or task.objective in CLASSIFICATION else None
         targets = None
         if task.mixup > 0:  # a classification task's (checked when the experiment is built)
             rng, mix_rng = jax.random.split(rng)
@@ -111,9 +114,19 @@ class TaskLoss:
             train=True,
             drop_path=task.stochastic_depth,
             rngs={"droptoken": rng, "drop_path": jax.random.fold_in(rng, 1)},
+            method=ImpModel.decode if task.decoded else ImpModel.__call__,
         )
         out = {k: v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v for k, v in out.items()}
-        if task.objective == "softmax":
+        if task.objective == DETECTION:
+            labels = batch["object_labels"]  # [batch, max_objects], -1 = padding
+            loss, metrics = objectives.set_prediction(
+                out["class_logits"],
+                out["boxes"],
+                jnp.maximum(labels, 0),
+                batch["object_boxes"],
+                labels >= 0,
+            )
+        elif task.objective == "softmax":
             loss, metrics = objectives.softmax_cross_entropy(
                 out["logits"], batch["label"], self.label_smoothing, targets
             )
