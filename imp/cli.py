@@ -284,7 +284,7 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     evaluate.add_argument("--step", type=int, help="default: the latest checkpoint")
     evaluate.add_argument(
         "--evaluations",
-        default="classification,zero_shot,retrieval,linear_probe",
+        default="classification,zero_shot,retrieval,linear_probe,detection",
         help="comma-separated subset of these",
     )
     evaluate.add_argument(

@@ -253,10 +253,12 @@ class Experiment:
             for name, spec in evaluator.tasks_to_evaluate(self.tasks).items()
         }
 
-    def evaluate(self, params, evaluations: Sequence[str]) -> dict[str, dict]:
+    def evaluate(
+        self, params, evaluations: Sequence[str], figures: Path | None = None
+    ) -> dict[str, dict]:
         """`{task: {metric: {value, chance}}}` on the held-out data of every data set
-        (collective: every process calls it)."""
-        return _evaluator().evaluate(self, params, evaluations)
+        (collective: every process calls it); figures, where a task has one, to `figures`."""
+        return _evaluator().evaluate(self, params, evaluations, figures)
 
     @property
     def eval_batch_size(self) -> int:

@@ -35,7 +35,7 @@ from imp import validation
 from imp.data import dmvr, preprocessing
 from imp.errors import ImpError
 from imp.tasks import registry
-from imp.tasks.spec import CLASSIFICATION, TEXT_SOURCES, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, DETECTION, TEXT_SOURCES, TaskSpec
 
 AUDIO = ("waveform", "spectrogram")
 
@@ -96,6 +96,9 @@ class Dataset:
     image_droptoken: bool = True
     frame_tokens: int = 4  # T_F: tubelets along time in a base clip (seed 004 keeps it 4)
     weight: float | None = None
+    # Detection (`dmvr.BOX`): objects per example, padded to this in a batch. Detection frames
+    # are resized whole, with no crop or flip, so the boxes stay where they are.
+    max_objects: int = 0
 
     @property
     def is_video(self) -> bool:
@@ -107,8 +110,9 @@ class Dataset:
 
 
 def variants(dataset: Dataset, spec: TaskSpec) -> list[TaskSpec]:
-    """The base task and its multi-resolution variants (only vision tasks have variants)."""
-    if not dataset.multi_resolution or "vision" not in spec.modalities:
+    """The base task and its multi-resolution variants (only vision tasks other than
+    detection have variants)."""
+    if not dataset.multi_resolution or "vision" not in spec.modalities or _detects(dataset):
         return [spec]
     b, h, w = spec.batch_size, spec.height, spec.width
     if dataset.is_video:
@@ -196,6 +200,10 @@ def task_entries(dataset: Dataset) -> dict[str, tuple[str, tuple[str, ...], str]
     return entries
 
 
+def _detects(dataset: Dataset) -> bool:
+    return any(objective == DETECTION for objective, _, _ in task_entries(dataset).values())
+
+
 def _trains_base(dataset: Dataset) -> bool:
     """Whether the base resolution trains in the multi-resolution mixtures."""
     return not (dataset.multi_resolution and dataset.is_video) or dataset.video_base
@@ -241,6 +249,7 @@ def _shapes(dataset: Dataset, vocabulary) -> dict:
         eval_height=dataset.eval_height or dataset.height,
         eval_width=dataset.eval_width or dataset.width,
         eval_views=dataset.eval_clips * dataset.eval_crops,
+        max_objects=dataset.max_objects,
     )
 
 
@@ -269,7 +278,7 @@ def _check(dataset: Dataset) -> None:
         "max_captions",
     ):
         validation.at_least(f"{dataset.name}/Dataset.{field}", getattr(dataset, field), 1)
-    for field in ("num_samples", "eval_height", "eval_width"):
+    for field in ("num_samples", "eval_height", "eval_width", "max_objects"):
         validation.at_least(f"{dataset.name}/Dataset.{field}", getattr(dataset, field), 0)
     low, high = dataset.crop_scale
     validation.require(
@@ -286,8 +295,17 @@ def _check(dataset: Dataset) -> None:
             raise ImpError(f"{where}: no files match the '{split}' pattern {pattern}")
     entries = task_entries(dataset)
     used = {m for _, modalities, _ in entries.values() for m in modalities}
-    for suffix, (objective, _, text_source) in entries.items():
-        if objective in CLASSIFICATION and not dataset.class_names:
+    for suffix, (objective, modalities, text_source) in entries.items():
+        if objective == DETECTION and not (
+            dataset.max_objects and tuple(modalities) == ("vision",) and not dataset.is_video
+        ):
+            raise ImpError(
+                f"{where}: task '{suffix}' (detection) takes images alone, (\"vision\",), "
+                "and Dataset.max_objects >= 1 (objects per example)"
+            )
+        if objective == DETECTION and dataset.eval_clips * dataset.eval_crops > 1:
+            raise ImpError(f"{where}: task '{suffix}' (detection) evaluates one view per image")
+        if objective in (*CLASSIFICATION, DETECTION) and not dataset.class_names:
             raise ImpError(f"{where}: task '{suffix}' ({objective}) needs class_names")
         if text_source == "labels" and not dataset.class_names:
             raise ImpError(f"{where}: task '{suffix}' takes its text from labels: set class_names")
@@ -325,6 +343,8 @@ def _output_features(vocabulary, views: int) -> dict[str, seqio.Feature]:
         "captions": continuous(tf.int32, 2),
         "label": continuous(tf.int32, 0),
         "labels": continuous(tf.float32, 1),
+        "object_labels": continuous(tf.int32, 1),
+        "object_boxes": continuous(tf.float32, 2),
     }
 
 
@@ -352,6 +372,8 @@ def _checked(
         checks.append(_require(present, source_file, f"missing feature {dmvr.CAPTION}"))
     if "text" in modalities and not captions and objective not in CLASSIFICATION:
         objective = "bce"  # labels are checked present and in range
+    if objective == DETECTION:
+        checks += _object_checks(dataset, example, source_file)
     if objective in CLASSIFICATION:
         labels = example["label"]
         checks.append(_require(tf.size(labels) > 0, source_file, f"missing feature {dmvr.LABEL}"))
@@ -364,6 +386,44 @@ def _checked(
         checks.append(_require(in_range, source_file, message))
     with tf.control_dependencies(checks):
         return {k: tf.identity(v) for k, v in example.items()}
+
+
+def _object_checks(dataset: Dataset, example: dict, source_file) -> list[tf.Operation]:
+    labels, boxes = example["object_labels"], example["object_boxes"]
+    count = tf.size(labels)
+    low, high = boxes[:, :2], boxes[:, 2:]
+    rules = (
+        (tf.shape(boxes)[0] == count, f"features {dmvr.BOX} must hold one box per object"),
+        (
+            count <= dataset.max_objects,
+            f"more objects than Dataset.max_objects = {dataset.max_objects}",
+        ),
+        (
+            tf.reduce_all((labels >= 0) & (labels < len(dataset.class_names))),
+            f"feature {dmvr.BOX_LABEL} out of range [0, {len(dataset.class_names)})",
+        ),
+        (
+            tf.reduce_all((low >= 0) & (high <= 1) & (low < high)),
+            f"a box of {dmvr.BOX} is not inside [0, 1] with min < max",
+        ),
+    )
+    return [_require(condition, source_file, message) for condition, message in rules]
+
+
+def _objects(dataset: Dataset, example: dict) -> dict[str, tf.Tensor]:
+    """Objects padded to `max_objects`: classes (-1: none) and boxes `(cx, cy, w, h)`."""
+    labels = tf.cast(example["object_labels"], tf.int32)
+    corners = example["object_boxes"]
+    centred = tf.concat([(corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]], 1)
+    pad = dataset.max_objects - tf.size(labels)
+    return {
+        "object_labels": tf.ensure_shape(
+            tf.pad(labels, [[0, pad]], constant_values=-1), [dataset.max_objects]
+        ),
+        "object_boxes": tf.ensure_shape(
+            tf.pad(centred, [[0, pad], [0, 0]]), [dataset.max_objects, 4]
+        ),
+    }
 
 
 def _vision(dataset, spec_shape, frames, starts, seed) -> tf.Tensor:
@@ -381,7 +441,15 @@ def _vision(dataset, spec_shape, frames, starts, seed) -> tf.Tensor:
             clips,
             fn_output_signature=tf.TensorSpec([num_frames, None, None, 3], tf.uint8),
         )
-    if seed is None:
+    if _detects(dataset):  # the whole frame, boxes unmoved
+        out = tf.map_fn(
+            lambda clip: tf.image.resize(
+                tf.cast(clip, tf.float32), (height, width), antialias=True
+            ),
+            clips,
+            fn_output_signature=tf.TensorSpec([num_frames, height, width, 3], tf.float32),
+        )
+    elif seed is None:
         crops = dataset.eval_crops
         out = tf.map_fn(
             lambda clip: preprocessing.spatial_crops(clip, height, width, crops),
@@ -426,7 +494,9 @@ def _labels(dataset: Dataset, objective: str, labels: tf.Tensor) -> dict[str, tf
     return {"label": labels[0]}
 
 
-def _read(dataset: Dataset, element: dict, audio: bool) -> tuple[dict, tf.Tensor]:
+def _read(
+    dataset: Dataset, element: dict, audio: bool, objects: bool = False
+) -> tuple[dict, tf.Tensor]:
     """A source element -> `{frames, label, captions[, waveform]}` and what to name it by:
     a DMVR record (frames still JPEG-encoded) or a TFDS image (decoded, one frame)."""
     if dataset.tfds_name:
@@ -436,7 +506,8 @@ def _read(dataset: Dataset, element: dict, audio: bool) -> tuple[dict, tf.Tensor
             "captions": tf.zeros([0], tf.string),
         }
         return example, tf.constant(f"tfds:{dataset.tfds_name}")
-    return dmvr.parse(element["serialized"], waveform=audio), element["source_file"]
+    parsed = dmvr.parse(element["serialized"], waveform=audio, objects=objects)
+    return parsed, element["source_file"]
 
 
 @seqio.map_over_dataset(num_seeds=3)
@@ -445,7 +516,8 @@ def _train_example(element, seeds, source: Dataset, spec: TaskSpec) -> dict:
     dataset = source  # (seqio's wrapper reserves the name `dataset`)
     clip_seed, vision_seed, text_seed = seeds
     wants_audio = bool(set(spec.modalities) & set(AUDIO))
-    example, source_file = _read(dataset, element, wants_audio)
+    detection = spec.objective == DETECTION
+    example, source_file = _read(dataset, element, wants_audio, detection)
     example = _checked(
         dataset, example, source_file, spec.modalities, spec.objective, spec.has_captions
     )
@@ -465,6 +537,8 @@ def _train_example(element, seeds, source: Dataset, spec: TaskSpec) -> dict:
         out["text"] = _label_prompt(spec.class_prompts, example["label"], text_seed)
     if spec.objective in CLASSIFICATION:
         out.update(_labels(dataset, spec.objective, example["label"]))
+    if detection:
+        out.update(_objects(dataset, example))
     return out
 
 
@@ -487,8 +561,9 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
     if not captioned:
         used.discard("text")  # text from labels: zero-shot reads the class prompts instead
     objectives = {objective for objective, _, _ in entries}
-    example, source_file = _read(dataset, element, bool(used & set(AUDIO)))
-    labelled = next((o for o in CLASSIFICATION if o in objectives), None)
+    detection = DETECTION in objectives
+    example, source_file = _read(dataset, element, bool(used & set(AUDIO)), detection)
+    labelled = next((o for o in (*CLASSIFICATION, DETECTION) if o in objectives), None)
     example = _checked(dataset, example, source_file, tuple(used), labelled)
     clips, crops = dataset.eval_clips, dataset.eval_crops
     starts = preprocessing.clip_starts(
@@ -511,7 +586,9 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
         tokens = vocabulary.encode_tf(example["captions"][: dataset.max_captions])
         out["captions"] = tokens.to_tensor(shape=[dataset.max_captions, dataset.text_length])
         out["text"] = out["captions"][0]
-    if dataset.class_names:
+    if detection:
+        out.update(_objects(dataset, example))
+    elif dataset.class_names:
         label = example["label"]
         if "bce" in objectives:
             out["labels"] = preprocessing.multi_hot(

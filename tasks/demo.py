@@ -1,7 +1,9 @@
 """seqio Tasks and the mixture over the embedded demo world (see `imp.data.demo_world`).
 
 Tasks (seed 004 §3.2 objectives): image-text and video-text NCE, video-audio-text NCE over
-all three pairs, and image and video classification with softmax cross-entropy.
+all three pairs, and image and video classification with softmax cross-entropy. With
+`prepare_demo.unit`, UniT's tasks (seed 002): detection of the digits in a scene, visual
+questions about it, and a caption's digit from the text alone, in the mixture `unit_demo`.
 """
 
 from pathlib import Path
@@ -13,6 +15,21 @@ from imp.data import demo_world
 from imp.tasks import datasets, registry
 
 MIXTURE = "demo_all"
+UNIT_MIXTURE = "unit_demo"
+# UniT's tasks on the demo world: data set -> task suffix -> (objective, model inputs), and
+# each task's sampling probability in `unit_demo` (seed 002 Table A.2 gives detection about
+# two thirds of the steps when it trains with VQA).
+# The captions' data set reads the image data set's files.
+_UNIT_TASKS = {
+    "digit_scenes": ("scenes", {"detection": ("detection", ("vision",))}),
+    "digit_questions": ("questions", {"vqa": ("softmax", ("vision", "text"))}),
+    "digit_captions": ("image", {"cls": ("softmax", ("text",))}),
+}
+UNIT_WEIGHTS = {
+    "digit_scenes_detection": 0.6,
+    "digit_questions_vqa": 0.3,
+    "digit_captions_cls": 0.1,
+}
 # Per data set: task suffix -> (objective, model inputs).
 _TASKS = {
     "image": {"text": ("nce", ("vision", "text")), "cls": ("softmax", ("vision",))},
@@ -37,6 +54,7 @@ def prepare_demo(
     num_images: int | None = None,
     label_text: bool = False,
     audio_classification: bool = False,
+    unit: bool = False,
 ) -> None:
     """Generates the demo world if needed, then registers its tasks and `demo_all`.
 
@@ -46,7 +64,8 @@ def prepare_demo(
     `demo_digit_images_labels` of the two tasks the labels train (Table 2's setting).
     `audio_classification` adds `digit_videos_audio_cls`: a clip's class from its sound alone
     (log-mel spectrogram), so `demo_classification` holds an image, a video and an audio
-    classification task, PolyViT's three modalities (seed 000).
+    classification task, PolyViT's three modalities (seed 000). `unit` registers UniT's tasks
+    and their mixture `unit_demo` (seed 002; see the module docstring).
     """
     for name, value in (("batch_size", batch_size), ("text_length", text_length), ("seed", seed)):
         validation.at_least(f"prepare_demo.{name}", value, 0 if name == "seed" else 1)
@@ -54,13 +73,18 @@ def prepare_demo(
         data_dir is None or isinstance(data_dir, str),
         f"prepare_demo.data_dir = {data_dir!r}: expected a path",
     )
-    for name, flag in (("label_text", label_text), ("audio_classification", audio_classification)):
+    flags = (
+        ("label_text", label_text),
+        ("audio_classification", audio_classification),
+        ("unit", unit),
+    )
+    for name, flag in flags:
         validation.require(
             isinstance(flag, bool), f"prepare_demo.{name} = {flag!r}: expected a bool"
         )
     root = Path(data_dir).expanduser() if data_dir else default_data_dir(seed)
     manifest = demo_world.ensure(root, seed, num_images)
-    register_demo(root, manifest, batch_size, text_length, label_text, audio_classification)
+    register_demo(root, manifest, batch_size, text_length, label_text, audio_classification, unit)
 
 
 def register_demo(
@@ -70,9 +94,11 @@ def register_demo(
     text_length: int = 24,
     label_text: bool = False,
     audio_classification: bool = False,
+    unit: bool = False,
 ) -> None:
     """Registers the demo data sets through `datasets.register_dataset`, like any user data,
-    and the standard mixtures under the prefix `demo` (`demo_all`, `demo_video_text`, ...)."""
+    and the standard mixtures under the prefix `demo` (`demo_all`, `demo_video_text`, ...);
+    with `unit`, UniT's tasks and `unit_demo` too."""
     registered = []
     for name, tasks in _TASKS.items():
         if label_text and name == "image":
@@ -108,6 +134,33 @@ def register_demo(
         )
         registered += datasets.register_dataset(dataset)
     registry.register_mixtures("demo", registered)
+    if unit:
+        _register_unit(root, manifest, batch_size, text_length)
+
+
+def _register_unit(root: Path, manifest: dict, batch_size: int, text_length: int) -> None:
+    """UniT's data sets and tasks (`_UNIT_TASKS`) and `unit_demo`."""
+    names = []
+    for name, (files, tasks) in _UNIT_TASKS.items():
+        info = manifest["datasets"][files]
+        dataset = datasets.Dataset(
+            name=name,
+            file_patterns={s: str(root / v["file_pattern"]) for s, v in info["splits"].items()},
+            num_examples={s: v["num_examples"] for s, v in info["splits"].items()},
+            tasks=tasks,
+            vocabulary=str(root / manifest["vocabulary"]),
+            class_names=tuple(info["class_names"]),
+            batch_size=batch_size,
+            height=info["height"],
+            width=info["width"],
+            crop_scale=(0.8, 1.0),
+            flip=False,
+            multi_resolution=False,
+            text_length=text_length,
+            max_objects=info.get("max_objects", 0),
+        )
+        names += [spec.name for spec, _ in datasets.register_dataset(dataset)]
+    registry.register_mixture(UNIT_MIXTURE, [(n, UNIT_WEIGHTS[n]) for n in names])
 
 
 def _class_prompts(dataset: str) -> tuple[tuple[str, ...], ...]:

@@ -4,8 +4,10 @@ Each of the 1797 8x8 handwritten digits (values 0..16) is upscaled to 24x24 and 
 random bright colour on a dark noisy 32x32 canvas. The `video` data set moves it 1 px per frame
 in one of `DIRECTIONS` for 8 frames and pairs each clip with a tone whose pitch encodes the digit
 and whose pitch or loudness contour encodes the direction; the `image` data set shows each digit
-once, still. Every example carries two template captions. A SentencePiece vocabulary is trained
-on all captions. Everything derives from one seed, so the same seed gives byte-identical files.
+once, still. Every example carries two template captions. The `scenes` and `questions` data
+sets place several digits on a larger canvas, for detection and visual questions
+(`imp.data.scenes`). A SentencePiece vocabulary is trained on all captions and questions.
+Everything derives from one seed, so the same seed gives byte-identical files.
 
 On disk (DMVR convention, as read by VATT/IMP): TFRecord shards of `tf.train.SequenceExample`
 with context `clip/label/index`, `clip/label/string`, `caption/string`, `clip/label/digit`,
@@ -26,10 +28,11 @@ import sentencepiece as spm
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-from imp.data import dmvr
+from imp.data import dmvr, scenes
 from imp.errors import ImpError
 
-FORMAT_VERSION = 3  # 2: 24 px glyphs moving 1 px per frame; 3: NFKC vocabulary
+# 2: 24 px glyphs moving 1 px per frame; 3: NFKC vocabulary; 4: scenes and questions
+FORMAT_VERSION = 4
 DIRECTIONS = ("left", "right", "up", "down")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -73,7 +76,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_images: int | None =
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     glyphs, digits = _load_glyphs(num_images)  # [n, GLYPH, GLYPH] in [0, 1], [n]
-    split_rng, video_rng, image_rng, order_rng = np.random.default_rng(seed).spawn(4)
+    split_rng, video_rng, image_rng, order_rng, scene_rng = np.random.default_rng(seed).spawn(5)
     sources = _split_sources(len(digits), split_rng)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +96,16 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_images: int | None =
                 splits[split] = _write_shards(records, staging, name, split, order_rng)
                 all_captions += split_captions
             datasets[name] = {**_dataset_info(name), "splits": splits}
+        made = {
+            split: _scene_records(glyphs, digits, sources[split], scene_rng) for split in SPLITS
+        }
+        for index, name in enumerate(("scenes", "questions")):
+            splits = {
+                split: _write_shards(made[split][index], staging, name, split, order_rng)
+                for split in SPLITS
+            }
+            datasets[name] = {**_dataset_info(name), "splits": splits}
+        all_captions += scenes.questions(NUMBER_WORDS)
         (staging / VOCABULARY).write_bytes(_train_vocabulary(all_captions))
         manifest["vocabulary"] = VOCABULARY
         manifest["datasets"] = datasets
@@ -164,7 +177,16 @@ def _split_sources(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
+def _scene_records(glyphs, digits, sources, rng) -> tuple[list[bytes], list[bytes]]:
+    return scenes.records(glyphs, digits, sources, NUMBER_WORDS, rng)
+
+
 def _dataset_info(name: str) -> dict:
+    if name in ("scenes", "questions"):
+        class_names = [str(d) for d in range(10)] if name == "scenes" else list(scenes.ANSWERS)
+        shape = {"frames": 1, "height": scenes.CANVAS, "width": scenes.CANVAS}
+        objects = {"max_objects": scenes.MAX_OBJECTS} if name == "scenes" else {}
+        return {"num_classes": len(class_names), "class_names": class_names, **shape, **objects}
     if name == "video":
         class_names = [f"{d} moving {direction}" for d in range(10) for direction in DIRECTIONS]
         shape = {"frames": FRAMES, "height": CANVAS, "width": CANVAS}

@@ -2,7 +2,10 @@
 
 Context: `clip/label/index` (int64 list), `clip/label/string`, `caption/string` (bytes
 lists). Sequence: `image/encoded` (one JPEG per frame; a still image is one frame) and
-`WAVEFORM/feature/floats` (the mono waveform, in one step or spread over several).
+`WAVEFORM/feature/floats` (the mono waveform, in one step or spread over several). Objects of
+a detection data set are context features as the TensorFlow Object Detection API names them:
+`image/object/bbox/{xmin,ymin,xmax,ymax}` (floats in [0, 1] of the frame) and
+`image/object/class/label` (int64), one entry per object.
 `encode` writes one example (numpy, on the host); `read_file` and `parse` read them back as TF
 ops inside the tf.data graph, keeping the file name so errors can name it.
 """
@@ -17,6 +20,8 @@ LABEL_STRING = "clip/label/string"
 CAPTION = "caption/string"
 FRAMES = "image/encoded"
 WAVEFORM = "WAVEFORM/feature/floats"
+BOX = tuple(f"image/object/bbox/{c}" for c in ("xmin", "ymin", "xmax", "ymax"))
+BOX_LABEL = "image/object/class/label"
 JPEG_QUALITY = 90
 
 
@@ -27,6 +32,8 @@ def encode(
     labels: list[int] = (),
     label_strings: list[str] = (),
     extra_context: dict[str, list[int] | list[bytes]] | None = None,
+    boxes: list[tuple[float, float, float, float]] = (),
+    box_labels: list[int] = (),
 ) -> bytes:
     """One serialised SequenceExample.
 
@@ -35,6 +42,7 @@ def encode(
       waveform: mono `[num_samples]` float32 in [-1, 1], stored as one step.
       captions, labels, label_strings: the clip's texts and class indices / names.
       extra_context: further int64 or bytes context features, kept as they are.
+      boxes, box_labels: objects' `(xmin, ymin, xmax, ymax)` in [0, 1] and classes.
     """
     example = tf.train.SequenceExample()
     context = {
@@ -42,6 +50,8 @@ def encode(
         LABEL_STRING: [s.encode() for s in label_strings],
         CAPTION: [c.encode() for c in captions],
         **(extra_context or {}),
+        BOX_LABEL: list(box_labels),
+        **{key: [float(b[i]) for b in boxes] for i, key in enumerate(BOX)},
     }
     for key, values in context.items():
         if not len(values):
@@ -49,6 +59,8 @@ def encode(
         feature = example.context.feature[key]
         if isinstance(values[0], bytes):
             feature.bytes_list.value.extend(values)
+        elif isinstance(values[0], float):
+            feature.float_list.value.extend(values)
         else:
             feature.int64_list.value.extend(int(v) for v in values)
     if frames is not None:
@@ -70,8 +82,9 @@ def read_file(path: tf.Tensor) -> tf.data.Dataset:
     )
 
 
-def parse(serialized: tf.Tensor, waveform: bool = False) -> dict[str, tf.Tensor]:
-    """One serialised SequenceExample -> `{frames, label, captions[, waveform]}` tensors.
+def parse(serialized: tf.Tensor, waveform: bool = False, objects: bool = False) -> dict:
+    """One serialised SequenceExample -> `{frames, label, captions[, waveform][,
+    object_labels, object_boxes]}` tensors (`object_boxes` `[objects, 4]` corners).
 
     Absent features come back empty (size 0), for the caller to report.
     """
@@ -79,6 +92,9 @@ def parse(serialized: tf.Tensor, waveform: bool = False) -> dict[str, tf.Tensor]
         LABEL: tf.io.VarLenFeature(tf.int64),
         CAPTION: tf.io.VarLenFeature(tf.string),
     }
+    if objects:
+        context_spec[BOX_LABEL] = tf.io.VarLenFeature(tf.int64)
+        context_spec.update({key: tf.io.VarLenFeature(tf.float32) for key in BOX})
     sequence_spec = {FRAMES: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)}
     if waveform:
         sequence_spec[WAVEFORM] = tf.io.VarLenFeature(tf.float32)
@@ -92,4 +108,13 @@ def parse(serialized: tf.Tensor, waveform: bool = False) -> dict[str, tf.Tensor]
     }
     if waveform:
         out["waveform"] = tf.reshape(tf.sparse.to_dense(sequence[WAVEFORM]), [-1])
+    if objects:
+        out["object_labels"] = tf.sparse.to_dense(context[BOX_LABEL])
+        coordinates = [tf.sparse.to_dense(context[key]) for key in BOX]
+        sizes = [tf.size(c) for c in coordinates]
+        # Coordinate lists of unequal lengths cannot pair up: empty boxes, for `_checked`.
+        equal = tf.reduce_all(tf.equal(sizes, tf.size(out["object_labels"])))
+        out["object_boxes"] = tf.cond(
+            equal, lambda: tf.stack(coordinates, axis=1), lambda: tf.zeros([0, 4])
+        )
     return out

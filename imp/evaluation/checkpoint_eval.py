@@ -16,7 +16,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from imp.errors import ImpError
-from imp.evaluation import evaluator
+from imp.evaluation import evaluator, metrics
 from imp.modeling import cross_modal, surgery
 from imp.partitioning.partitioner import from_host
 from imp.training.checkpoint import Checkpointer
@@ -77,15 +77,16 @@ def evaluate(
         converted = cross_modal.convert(flat, experiment.model, *cross_modal_pair)
         flat |= {n: from_host(v, flat[n].sharding) for n, v in converted.items()}
         params = surgery.unflatten(flat)
+    out = Path(out) if out else run_dir / "eval" / f"step_{step}"
     evaluated = evaluator.tasks_to_evaluate(experiment.tasks)
     summary = {
         "step": step,
         "devices": jax.device_count(),
         "inputs": {name: evaluator.input_shapes(spec) for name, spec in evaluated.items()},
-        "tasks": experiment.evaluate(params, evaluations),
+        "tasks": experiment.evaluate(params, evaluations, out),
     }
     if jax.process_index() == 0:
-        _write(Path(out) if out else run_dir / "eval" / f"step_{step}", summary)
+        _write(out, summary)
     return summary
 
 
@@ -134,5 +135,6 @@ def format_table(summary: dict) -> str:
     rows.append(f"{'task':30}{'metric':44}{'value':>8}{'chance':>8}")
     for task, task_metrics in summary["tasks"].items():
         for name, m in task_metrics.items():
-            rows.append(f"{task:30}{name:44}{m['value']:>8.3f}{m['chance']:>8.3f}")
+            cells = metrics.format_cell(m["value"]) + metrics.format_cell(m["chance"])
+            rows.append(f"{task:30}{name:44}{cells}")
     return "\n".join(rows)

@@ -10,7 +10,11 @@ and spatial crops averaged when `Dataset.eval_clips` x `eval_crops` > 1; every c
 * `retrieval`: text-to-X and X-to-text for every non-text input X, R@1/5/10 and median rank,
   over the distinct caption texts, a text being right for every item that has it;
 * `linear_probe`: a ridge-regression classifier on frozen pooled features of training
-  examples (regularisation picked on a held-out part), top-1 on the evaluation split.
+  examples (regularisation picked on a held-out part), top-1 on the evaluation split;
+* `detection`: COCO's box AP, AP50 and AP75 (pycocotools) of a detection task's last decoder
+  layer (UniT, seed 002), with a figure of predicted and true boxes on a few held-out images
+  when a folder for figures is given. A decoded classifier (UniT's VQA) reports top-1 under
+  `classification`.
 
 Every metric comes with its chance level. Each process encodes its share of the examples on
 the experiment's mesh (inputs sharded over the batch axes, as in training); the encoded
@@ -21,6 +25,7 @@ training splits, which ones depends on the number of processes.)
 """
 
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jax
@@ -31,16 +36,18 @@ from jax.sharding import PartitionSpec
 
 from imp.data import feeding
 from imp.errors import ImpError, did_you_mean
-from imp.evaluation import metrics
-from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.evaluation import figures, metrics
+from imp.tasks.spec import CLASSIFICATION, DETECTION, TaskSpec
 from imp.training.graph_table import signature
 
 if TYPE_CHECKING:
     from imp.experiment import Experiment
 
-EVALUATIONS = ("classification", "zero_shot", "retrieval", "linear_probe")
+EVALUATIONS = ("classification", "zero_shot", "retrieval", "linear_probe", "detection")
 PROBE_EXAMPLES = 2000  # training examples the linear probe fits
-_OUTPUTS = ("embedding/", "pooled/", "logits")
+_OUTPUTS = ("embedding/", "pooled/", "logits", "class_logits", "boxes")
+_OBJECTS = ("object_labels", "object_boxes")
+FIGURE_IMAGES = 8  # held-out images in a detection task's figure
 
 
 def check_evaluations(names) -> None:
@@ -82,8 +89,11 @@ def metric_names(spec: TaskSpec, evaluations) -> list[str]:
                     f"retrieval/{direction}/{n}" for n in ("R@1", "R@5", "R@10", "median_rank")
                 ]
     probe = next((m for m in spec.modalities if m != "text"), None)
-    if "linear_probe" in evaluations and spec.class_names and spec.objective != "bce" and probe:
+    linear = spec.class_names and spec.objective != "bce" and not spec.decoded and probe
+    if "linear_probe" in evaluations and linear:
         names.append(f"linear_probe_top1/{probe}")
+    if "detection" in evaluations and spec.objective == DETECTION:
+        names += ["AP", "AP50", "AP75"]
     return names
 
 
@@ -110,26 +120,33 @@ class Encoder:
         self.rows = self.batch_size // jax.process_count()  # this process's
         self.compiled = experiment.compiled_forwards
 
-    def __call__(self, inputs: dict[str, np.ndarray], head: str | None = None) -> dict:
-        """Embeddings, pooled features and logits of this process's `inputs` rows."""
+    def __call__(
+        self, inputs: dict[str, np.ndarray], head: str | None = None, decoded: bool = False
+    ) -> dict:
+        """Embeddings, pooled features and logits of this process's `inputs` rows; with
+        `decoded`, the query decoder's outputs for `head` (detection: its last layer's)."""
         n = len(next(iter(inputs.values())))
         calls = _max_over_processes(-(-n // self.rows))
         outs = []
         for c in range(calls):
             start = c * self.rows
             chunk = {k: _pad(v[start : start + self.rows], self.rows) for k, v in inputs.items()}
-            out = self._apply(chunk, head)
+            out = self._apply(chunk, head, decoded)
             outs.append({k: v[: max(0, min(self.rows, n - start))] for k, v in out.items()})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]} if outs else {}
 
-    def _apply(self, chunk: dict[str, np.ndarray], head: str | None) -> dict[str, np.ndarray]:
+    def _apply(
+        self, chunk: dict[str, np.ndarray], head: str | None, decoded: bool
+    ) -> dict[str, np.ndarray]:
         batch = self.partitioner.shard_batch(chunk)
-        key = (head, signature(batch))
+        key = (head, decoded, signature(batch))
         if key not in self.compiled:
+            method = type(self.model).decode if decoded else type(self.model).__call__
 
             def forward(params, inputs):
-                out = self.model.apply({"params": params}, inputs, head=head)
-                return {k: v for k, v in out.items() if k.startswith(_OUTPUTS)}
+                out = self.model.apply({"params": params}, inputs, head=head, method=method)
+                last = {k: out[k][-1] for k in ("class_logits", "boxes") if k in out}
+                return {k: v for k, v in (out | last).items() if k.startswith(_OUTPUTS)}
 
             shardings = jax.tree.map(lambda x: x.sharding, batch)
             self.compiled[key] = self.partitioner.compile(
@@ -247,14 +264,15 @@ def _example_keys(batch: dict, modalities) -> np.ndarray:
 
 
 def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
-    out = {k: batch[k] for k in ("label", "labels") if k in batch}
+    out = {k: batch[k] for k in ("label", "labels", *_OBJECTS) if k in batch}
     out["example_key"] = _example_keys(batch, spec.modalities)
-    inputs = {m: batch[m] for m in spec.modalities if m != "text"}
+    # A decoded task reads all its inputs at once (a question with its image).
+    inputs = {m: batch[m] for m in spec.modalities if m != "text" or spec.decoded}
     n = len(next(iter(batch.values())))
     views = spec.eval_views  # [batch, views, ...] inputs (every non-text one) when > 1
     flat = {k: v.reshape(n * views, *v.shape[2:]) if views > 1 else v for k, v in inputs.items()}
-    head = spec.head if spec.objective in CLASSIFICATION else None
-    for key, value in encoder(flat, head).items():
+    head = spec.head if spec.objective in CLASSIFICATION or spec.decoded else None
+    for key, value in encoder(flat, head, spec.decoded).items():
         value = value.reshape(n, views, *value.shape[1:]).mean(1)
         out[key] = metrics.normalise(value) if key.startswith("embedding/") else value
     if "captions" in batch:
@@ -268,14 +286,40 @@ def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
     return out
 
 
-def evaluate(experiment: "Experiment", params, evaluations=EVALUATIONS) -> dict[str, dict]:
-    """`{task: {metric: {value, chance}}}` for every data set of the experiment."""
+def evaluate(
+    experiment: "Experiment", params, evaluations=EVALUATIONS, figures: Path | None = None
+) -> dict[str, dict]:
+    """`{task: {metric: {value, chance}}}` for every data set of the experiment; with
+    `figures`, each detection task's figure goes there (`detections_<task>.png`)."""
     check_evaluations(evaluations)
     encoder = Encoder(experiment, params)
-    return {
-        name: evaluate_task(encoder, spec, evaluations)
-        for name, spec in tasks_to_evaluate(experiment.tasks).items()
-    }
+    results = {}
+    for name, spec in tasks_to_evaluate(experiment.tasks).items():
+        results[name] = evaluate_task(encoder, spec, evaluations)
+        if figures is not None and "detection" in evaluations and spec.objective == DETECTION:
+            _detection_figure(encoder, spec, figures / f"detections_{name}.png")
+    return results
+
+
+def _detection_figure(encoder: Encoder, spec: TaskSpec, path: Path) -> None:
+    """Predicted and true boxes on the first held-out images (collective; the first process
+    draws its own rows)."""
+    stream = feeding.batches(
+        spec, spec.eval_split, 0, train=False, batch_size=encoder.batch_size, with_labels=True
+    )
+    batch = next(stream)
+    rows = {k: v[:FIGURE_IMAGES] for k, v in batch.items()}
+    out = encoder({"vision": rows["vision"]}, spec.head, decoded=True)
+    if jax.process_index() == 0:
+        figures.detections(
+            rows["vision"][:, 0],
+            out["class_logits"],
+            out["boxes"],
+            rows["object_labels"],
+            rows["object_boxes"],
+            spec.class_names,
+            path,
+        )
 
 
 def evaluate_task(encoder: Encoder, spec: TaskSpec, evaluations=EVALUATIONS) -> dict[str, dict]:
@@ -311,6 +355,16 @@ def _metrics(encoder: Encoder, spec: TaskSpec, data: dict, evaluations) -> dict[
         results.update(_retrieval(data, sources))
     if "linear_probe" in evaluations and labelled and spec.objective != "bce":
         results.update(_probe(encoder, spec, data))
+    if "detection" in evaluations and spec.objective == DETECTION:
+        found = metrics.detection_ap(
+            data["class_logits"],
+            data["boxes"],
+            data["object_labels"],
+            data["object_boxes"],
+            num_classes,
+        )
+        # AP has no chance level to speak of: a box must land on an object.
+        results.update({name: {"value": value, "chance": None} for name, value in found.items()})
     return results
 
 

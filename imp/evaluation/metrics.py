@@ -22,6 +22,11 @@ def check_finite(what: str, *arrays: np.ndarray) -> None:
             )
 
 
+def format_cell(value: float | None) -> str:
+    """A value or chance level in a printed table, 8 wide; "-" where there is none."""
+    return f"{value:>8.3f}" if value is not None else f"{'-':>8}"
+
+
 def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -117,3 +122,87 @@ def linear_probe(
     best = max(scores, key=lambda s: (scores[s], s))  # ties: the stronger regularisation
     w = solve(train_x, train_y, best)
     return {"top1": accuracy(w, test_x, test_y), "regularisation": best}
+
+
+def detections(class_logits: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """DETR's reading of a detection head: per query, the most probable class other than
+    "no object" (the last), its probability as the score, and the box as corners. Inputs
+    `[N, queries, classes + 1]` and `[N, queries, 4]` `(cx, cy, w, h)`; returns classes,
+    scores `[N, queries]` and boxes `[N, queries, 4]` `(x0, y0, x1, y1)`."""
+    check_finite("detection scores and boxes", class_logits, boxes)
+    logits = class_logits - class_logits.max(-1, keepdims=True)
+    probability = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    classes = probability[..., :-1].argmax(-1)
+    scores = np.take_along_axis(probability, classes[..., None], -1)[..., 0]
+    centre, size = boxes[..., :2], boxes[..., 2:]
+    return classes, scores, np.concatenate([centre - size / 2, centre + size / 2], -1)
+
+
+def detection_ap(
+    class_logits: np.ndarray,
+    boxes: np.ndarray,
+    object_labels: np.ndarray,
+    object_boxes: np.ndarray,
+    num_classes: int,
+) -> dict[str, float]:
+    """COCO's box AP (over IoU 0.5:0.95), AP50 and AP75, by pycocotools, of every query's
+    detection (`detections`) against the objects (`object_labels` `[N, max_objects]`, -1
+    for none; `object_boxes` `(cx, cy, w, h)` in [0, 1]). Boxes are scaled to a 100-pixel
+    image, so COCO's area ranges play no part."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    classes, scores, corners = detections(class_logits, boxes)
+    scale = 100.0
+    images = [{"id": i, "width": scale, "height": scale} for i in range(len(object_labels))]
+    annotations = []
+    for i, (labels, objects) in enumerate(zip(object_labels, object_boxes, strict=True)):
+        for label, (cx, cy, w, h) in zip(labels, objects, strict=True):
+            if label >= 0:
+                box = [scale * (cx - w / 2), scale * (cy - h / 2), scale * w, scale * h]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i,
+                        "category_id": int(label),
+                        "bbox": box,
+                        "area": box[2] * box[3],
+                        "iscrowd": 0,
+                    }
+                )
+    results = [
+        {
+            "image_id": i,
+            "category_id": int(c),
+            "bbox": [
+                scale * b[0],
+                scale * b[1],
+                scale * (b[2] - b[0]),
+                scale * (b[3] - b[1]),
+            ],
+            "score": float(s),
+        }
+        for i in range(len(classes))
+        for c, s, b in zip(classes[i], scores[i], corners[i], strict=True)
+    ]
+    if not annotations:
+        raise ImpError("detection AP: the evaluation split has no objects")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        truth = COCO()
+        truth.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": c} for c in range(num_classes)],
+        }
+        truth.createIndex()
+        found = truth.loadRes(results)
+        evaluation = COCOeval(truth, found, "bbox")
+        evaluation.params.maxDets = [1, 10, max(100, classes.shape[1])]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    ap, ap50, ap75 = (float(max(v, 0.0)) for v in evaluation.stats[:3])
+    return {"AP": ap, "AP50": ap50, "AP75": ap75}

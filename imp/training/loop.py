@@ -82,7 +82,7 @@ class TrainOptions:
     compilation_cache: str | None = "run"
     max_bad_steps: int = 5
     gradient_similarity_every: int = 0
-    end_evaluations: Sequence[str] = ("classification", "zero_shot", "retrieval")
+    end_evaluations: Sequence[str] = ("classification", "zero_shot", "retrieval", "detection")
     eval_every: int = 0
     best_metric: str | None = None
 
@@ -187,7 +187,9 @@ def train(experiment: "Experiment", options: TrainOptions = TrainOptions()) -> d
     wall = time.perf_counter() - start_time
     evaluation = {}
     if options.evaluate_at_end and not stopping:
-        evaluation = experiment.evaluate(state["params"], options.end_evaluations)
+        evaluation = experiment.evaluate(
+            state["params"], options.end_evaluations, run_dir / "report"
+        )
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("imp.train finished")  # nobody exits early
     if jax.process_index() != 0:

@@ -10,6 +10,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from imp.evaluation.metrics import format_cell  # noqa: E402
+
 _SMOOTH = 10  # losses averaged over the first/last this many steps of each task
 
 
@@ -171,7 +173,8 @@ def format_table(summary: dict) -> str:
     rows.append(f"{'held-out metric':<64}{'value':>8}{'chance':>8}")
     for name, t in summary["tasks"].items():
         for metric, m in t["heldout"].items():
-            rows.append(f"{name + ' ' + metric:<64}{m['value']:>8.3f}{m['chance']:>8.3f}")
+            cells = format_cell(m["value"]) + format_cell(m["chance"])
+            rows.append(f"{name + ' ' + metric:<64}{cells}")
     rows.append("")
     rows.append(
         f"wall {summary['wall_seconds']:.0f} s, compile {summary['compile_seconds']:.1f} s "
