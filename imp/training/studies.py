@@ -392,7 +392,55 @@ _POLYVIT = Study(
     ),
 )
 
+# UniT's tasks and their shares of the shared run's steps (`unit_demo`'s sampling weights).
+_UNIT_TASKS = (
+    ("detection", "digit_scenes_detection", 0.6, 20),
+    ("VQA", "digit_questions_vqa", 0.3, 25),
+    ("captions", "digit_captions_cls", 0.1, 25),
+)
+_SHARED = "shared decoder, all tasks"
+_UNIT = Study(
+    "unit",
+    "seed 002 Table 1: each task alone vs one shared decoder on detection, VQA and text, and "
+    "updating unused parameters",
+    "seed 002 Table 1 and Appendix A: a shared decoder trained on detection and VQA together "
+    "keeps detection near its single-task score and helps VQA, and updating the parameters a "
+    "step does not use (with zero gradients) makes joint training worse.",
+    (
+        Table(
+            "Single-task runs vs one shared model at equal total steps",
+            tuple(
+                Variant(
+                    f"single-task: {label}",
+                    (
+                        f"MIXTURE_OR_TASK_NAME = '{task}'",
+                        f"Experiment.task_options = {{'{task}': {{'queries': {queries}}}}}",
+                    ),
+                    _share(share),
+                )
+                for label, task, share, queries in _UNIT_TASKS
+            )
+            + (
+                Variant(_SHARED),
+                Variant(
+                    f"{_SHARED}, unused parameters updated", ("train.freeze_untouched = False",)
+                ),
+            ),
+            (
+                Column("detection AP50", "AP50", ("digit_scenes_detection",)),
+                Column("VQA top-1", "top1", ("digit_questions_vqa",)),
+                Column("captions top-1", "top1", ("digit_captions_cls",)),
+            ),
+            (
+                Comparison(_SHARED, "single-task: VQA", "VQA top-1"),
+                Comparison(_SHARED, f"{_SHARED}, unused parameters updated", "VQA top-1"),
+                Comparison(_SHARED, f"{_SHARED}, unused parameters updated", "detection AP50"),
+            ),
+        ),
+    ),
+)
+
 STUDIES = {
     s.name: s
-    for s in (_OBJECTIVES, _MOE, _MULTIRES, _TOWERS, _SCHEDULES, _VIDEO_ENCODERS, _POLYVIT)
+    for s in (_OBJECTIVES, _MOE, _MULTIRES, _TOWERS, _SCHEDULES, _VIDEO_ENCODERS, _POLYVIT, _UNIT)
 }
