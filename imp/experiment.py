@@ -389,40 +389,48 @@ def _check_seed(seed) -> None:
 def _heads(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
     """One classifier head per name (`head_name`, default the data set) with its classes and,
     where a task sets one, its initialiser; tasks sharing a head must agree on both."""
-    heads: dict[str, tuple] = {}
-    for spec in tasks:
+
+    def entry(spec):
         if spec.objective not in CLASSIFICATION or spec.decoded:
-            continue
-        head = (spec.head, spec.num_classes, *([spec.head_init] if spec.head_init else []))
-        if heads.setdefault(spec.head, head) != head:
-            raise ImpError(
-                f"task '{spec.name}' shares the classifier head '{spec.head}' with another "
-                f"task, as {heads[spec.head][1:]} (classes, initialiser) against {head[1:]}; "
-                "give it its own head_name in Experiment.task_options"
-            )
-    return tuple(sorted(heads.values()))
+            return None
+        return (spec.head, spec.num_classes, *([spec.head_init] if spec.head_init else []))
+
+    return _one_per_head(tasks, entry, "classifier head", "classes, initialiser")
 
 
 def _decoded(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
     """`ImpModel.decoded`: `(head, kind, classes, queries)` per head of the tasks that decode
     (UniT); tasks sharing a head must agree, and a head decodes or reads pooled tokens."""
-    decoded: dict[str, tuple] = {}
     pooled = {s.head for s in tasks if s.objective in CLASSIFICATION and not s.decoded}
     for spec in (s for s in tasks if s.decoded):
-        kind = "detection" if spec.objective == DETECTION else "classification"
-        entry = (spec.head, kind, spec.num_classes, spec.num_queries)
         validation.require(
             spec.head not in pooled,
             f"task '{spec.name}' decodes its head '{spec.head}', which another task reads from "
             "pooled tokens; give it its own head_name in Experiment.task_options",
         )
-        if decoded.setdefault(spec.head, entry) != entry:
+
+    def entry(spec):
+        if not spec.decoded:
+            return None
+        kind = "detection" if spec.objective == DETECTION else "classification"
+        return (spec.head, kind, spec.num_classes, spec.num_queries)
+
+    return _one_per_head(tasks, entry, "decoded head", "kind, classes, queries")
+
+
+def _one_per_head(tasks, entry_of, what: str, fields: str) -> tuple[tuple, ...]:
+    """The entries `entry_of(task)` (None: the task has none), one per head name; tasks
+    sharing a head must give the same entry."""
+    entries: dict[str, tuple] = {}
+    for spec in tasks:
+        entry = entry_of(spec)
+        if entry is not None and entries.setdefault(spec.head, entry) != entry:
             raise ImpError(
-                f"task '{spec.name}' shares the decoded head '{spec.head}' with another task, as "
-                f"{decoded[spec.head][1:]} (kind, classes, queries) against {entry[1:]}; give it "
-                "its own head_name in Experiment.task_options"
+                f"task '{spec.name}' shares the {what} '{spec.head}' with another task, as "
+                f"{entries[spec.head][1:]} ({fields}) against {entry[1:]}; give it its own "
+                "head_name in Experiment.task_options"
             )
-    return tuple(sorted(decoded.values()))
+    return tuple(sorted(entries.values()))
 
 
 def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
