@@ -318,6 +318,11 @@ class Experiment:
             f"{spec.queries}): bind ImpModel.decoder = @QueryDecoder()",
         )
         validation.require(
+            not spec.decoded or not spec.drop_rate,
+            f"{where}: DropToken (rate {spec.drop_rate}) removes tokens whose places the query "
+            "decoder reads; a decoded task keeps them all",
+        )
+        validation.require(
             not spec.decoded or not spec.mixup,
             f"{where}: Experiment.task_options mixup mixes inputs of a classifier on pooled "
             "tokens, not of a decoded task",

@@ -83,20 +83,12 @@ def _centroid(frame: np.ndarray) -> np.ndarray:
 
 def test_same_seed_gives_identical_bytes(worlds):
     files_a, files_b = _files(worlds["a"]), _files(worlds["b"])
-    assert sorted(files_a) == [
-        "image/train-00000-of-00004.tfrecord",
-        "image/train-00001-of-00004.tfrecord",
-        "image/train-00002-of-00004.tfrecord",
-        "image/train-00003-of-00004.tfrecord",
-        "image/validation-00000-of-00001.tfrecord",
-        "manifest.json",
-        "spm.model",
-        "video/train-00000-of-00004.tfrecord",
-        "video/train-00001-of-00004.tfrecord",
-        "video/train-00002-of-00004.tfrecord",
-        "video/train-00003-of-00004.tfrecord",
-        "video/validation-00000-of-00001.tfrecord",
-    ]
+    shards = [f"train-0000{i}-of-00004.tfrecord" for i in range(4)]
+    shards.append("validation-00000-of-00001.tfrecord")
+    datasets = ("image", "questions", "scenes", "video")
+    assert sorted(files_a) == sorted(
+        ["manifest.json", "spm.model", *(f"{d}/{s}" for d in datasets for s in shards)]
+    )
     assert files_a == files_b
 
 

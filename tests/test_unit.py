@@ -47,7 +47,7 @@ def test_scenes_hold_apart_digits_in_their_boxes_and_held_out_glyphs_stay_held_o
 
 def test_every_question_has_its_scene_s_answer(world_dir):
     answers = {"yes": 0, "no": 0}
-    for record in _read(world_dir, "questions", "validation"):
+    for record in _read(world_dir, "questions", "train"):
         (question,), (answer,) = record[dmvr.CAPTION], record[dmvr.LABEL_STRING]
         digits = record["clip/label/digit"]
         question, answer = question.decode(), answer.decode()

@@ -31,8 +31,9 @@ from sklearn.datasets import load_digits
 from imp.data import dmvr, scenes
 from imp.errors import ImpError
 
-# 2: 24 px glyphs moving 1 px per frame; 3: NFKC vocabulary; 4: scenes and questions
-FORMAT_VERSION = 4
+# 2: 24 px glyphs moving 1 px per frame; 3: NFKC vocabulary; 4: scenes and questions;
+# 5: 24 px digits in the scenes
+FORMAT_VERSION = 5
 DIRECTIONS = ("left", "right", "up", "down")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

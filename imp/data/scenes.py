@@ -1,10 +1,11 @@
 """Scenes of the demo world, for UniT's tasks (seed 002): detection and visual questions.
 
-A scene is a 64x64 canvas with 1 to `MAX_OBJECTS` of the split's digit glyphs (16x16, in
-random bright colours) at random places where they do not overlap. Each scene is one record
-of `digit_scenes` (its digits' classes and boxes, for detection) and two of `digit_questions`
+A scene is a 64x64 canvas with 1 to `MAX_OBJECTS` of the split's digit glyphs (24x24, the
+size of the demo's still images, in random bright colours) at random places where they do not
+overlap. Each scene is one record of `digit_scenes` (its digits' classes and boxes, for
+detection) and two of `digit_questions`
 (the scene with a question and its answer: "how many digits are there" -> one .. four, "is
-there a seven" -> yes / no, the digit asked about present half of the time). Glyphs of the
+there a seven" -> yes / no, each half of the time). Glyphs of the
 held-out split appear only in held-out scenes.
 
 Boxes are stored as DMVR context floats `image/object/bbox/{xmin,ymin,xmax,ymax}` in [0, 1] of
@@ -17,7 +18,7 @@ import numpy as np
 from imp.data import dmvr
 
 CANVAS = 64
-GLYPH = 16  # each 8x8 digit upscaled twice
+GLYPH = 24  # each 8x8 digit upscaled 3 times, as in the demo's images
 MAX_OBJECTS = 4
 COUNTS = ("one", "two", "three", "four")
 ANSWERS = (*COUNTS, "yes", "no")
@@ -38,13 +39,13 @@ def records(
 ) -> tuple[list[bytes], list[bytes]]:
     """Serialised scenes (one per source row of the split) and their two questions each."""
     step = glyphs.shape[1] // 8  # the 8x8 digit's pixels, each upscaled to GLYPH / 8
-    small = np.kron(glyphs[:, ::step, ::step], np.ones((1, GLYPH // 8, GLYPH // 8)))
+    scaled = np.kron(glyphs[:, ::step, ::step], np.ones((1, GLYPH // 8, GLYPH // 8)))
     scenes, asked = [], []
     for _ in sources:
         count = int(rng.integers(1, MAX_OBJECTS + 1))
         chosen = rng.choice(sources, size=count, replace=count > len(sources))
         corners = _place(count, rng)
-        frame = _paint(small[chosen], corners, rng)
+        frame = _paint(scaled[chosen], corners, rng)
         labels = [int(digits[s]) for s in chosen]
         boxes = [
             (col / CANVAS, row / CANVAS, (col + GLYPH) / CANVAS, (row + GLYPH) / CANVAS)
@@ -55,7 +56,8 @@ def records(
         scenes.append(
             dmvr.encode(frame, labels=labels, boxes=boxes, box_labels=labels, extra_context=extra)
         )
-        asked_about = int(rng.choice(labels) if rng.random() < 0.5 else rng.integers(10))
+        absent = [d for d in range(10) if d not in labels]
+        asked_about = int(rng.choice(labels) if rng.random() < 0.5 else rng.choice(absent))
         for question, answer in (
             ("how many digits are there", COUNTS[count - 1]),
             (f"is there a {number_words[asked_about]}", "yes" if asked_about in labels else "no"),

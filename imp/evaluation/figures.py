@@ -11,8 +11,6 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from imp.evaluation import metrics  # noqa: E402
 
-SCORE_THRESHOLD = 0.5  # detections drawn: those at least this probable
-
 
 def detections(
     images: np.ndarray,
@@ -24,7 +22,9 @@ def detections(
     path: Path,
 ) -> None:
     """One panel per image (`[N, H, W, 3]` in [-1, 1]): true boxes dashed green with their
-    class, predicted boxes (score >= `SCORE_THRESHOLD`) red with class and score."""
+    class; as many predicted boxes as the image has objects, the most probable first, red
+    with class and score (so a model that places boxes before it tells classes apart shows
+    where it looks)."""
     classes, scores, corners = metrics.detections(class_logits, boxes)
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.6), squeeze=False)
@@ -39,14 +39,15 @@ def detections(
                     Rectangle((x, y), w * width, h * height, fill=False, ec="lime", ls="--")
                 )
                 ax.text(x, y + h * height, class_names[label], color="lime", va="top", fontsize=7)
-        for c, s, (x0, y0, x1, y1) in zip(classes[i], scores[i], corners[i], strict=True):
-            if s >= SCORE_THRESHOLD:
-                box = (x0 * width, y0 * height), (x1 - x0) * width, (y1 - y0) * height
-                ax.add_patch(Rectangle(*box, fill=False, ec="red"))
-                ax.text(
-                    x0 * width, y0 * height, f"{class_names[c]} {s:.2f}", color="red", fontsize=7
-                )
-    fig.suptitle("held-out images: true boxes (green, dashed) and predictions (red)", fontsize=8)
+        best = np.argsort(-scores[i])[: int((object_labels[i] >= 0).sum())]
+        for c, s, (x0, y0, x1, y1) in zip(
+            classes[i][best], scores[i][best], corners[i][best], strict=True
+        ):
+            box = (x0 * width, y0 * height), (x1 - x0) * width, (y1 - y0) * height
+            ax.add_patch(Rectangle(*box, fill=False, ec="red"))
+            ax.text(x0 * width, y0 * height, f"{class_names[c]} {s:.2f}", color="red", fontsize=7)
+    title = "held-out images: true boxes (green, dashed), the most probable predictions (red)"
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -8,9 +8,11 @@ in pre-LN blocks scanned over layers and rematerialised like the encoder's. The 
 returns every layer's output, each through its final LayerNorm, since detection learns from
 every layer (auxiliary decoding losses) and predicts from the last.
 
-Departures from DETR's decoder, which UniT keeps: pre-LN blocks (the encoder's form) instead
-of post-LN, and the queries enter as the decoder's first hidden states rather than as
-positions added to zero states in every layer.
+As in DETR, which UniT keeps, the hidden states start at zero and the queries are added to
+them before every attention, as positions; and fixed sine positions of the encoded tokens
+(`grid_positions`, over each input's grid of patches or text tokens) are added to the keys of
+every cross-attention, so a query can look for a place. One departure: pre-LN blocks (the
+encoder's form) instead of DETR's post-LN.
 
 Heads (seed 002 §3.4): for detection (`DetectionHead`), a class layer over the classes and
 "no object", and a three-layer box MLP with a sigmoid giving `(cx, cy, w, h)` in [0, 1] of
@@ -55,14 +57,15 @@ class DecoderBlock(nn.Module):
     approximate_gelu: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, memory: tuple[jax.Array, jax.Array]):
-        tokens, mask = memory
+    def __call__(self, x: jax.Array, memory: tuple):
+        tokens, mask, positions, queries = memory
         x = constrain(x, ("batch", "length", "embed"))
         everyone = jnp.ones(x.shape[:2], bool)
         attention = SelfAttention(self.num_heads, name="self_attention")
-        x = x + attention(LayerNorm(name="ln_self_attention")(x), everyone)
+        x = x + attention(LayerNorm(name="ln_self_attention")(x) + queries, everyone)
         cross = CrossAttention(self.num_heads, name="cross_attention")
-        x = x + cross(LayerNorm(name="ln_cross_attention")(x), tokens, mask)
+        h = LayerNorm(name="ln_cross_attention")(x) + queries
+        x = x + cross(h, tokens, mask, positions)
         h = LayerNorm(name="ln_mlp")(x)
         x = x + MlpBlock(self.mlp_dim, self.approximate_gelu, name="mlp")(h)
         return x, x
@@ -73,9 +76,10 @@ class DecoderBlock(nn.Module):
 @gin.register
 class QueryDecoder(nn.Module):
     """The shared decoder: `(queries [batch, q, width], tokens [batch, length, d], mask
-    [batch, length]) -> [layers, batch, q, width]`, every layer's output after the final
-    LayerNorm. Encoder tokens of another width than the decoder's are projected first
-    (`input_projection`; UniT: a 256-wide image encoder, a 768-wide decoder)."""
+    [batch, length], positions [length, width]) -> [layers, batch, q, width]`, every layer's
+    output after the final LayerNorm. Encoder tokens of another width than the decoder's are
+    projected first (`input_projection`; UniT: a 256-wide image encoder, a 768-wide
+    decoder)."""
 
     width: int = 128
     num_layers: int = 2
@@ -86,22 +90,40 @@ class QueryDecoder(nn.Module):
     approximate_gelu: bool = True
 
     @nn.compact
-    def __call__(self, queries: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, queries: jax.Array, tokens: jax.Array, mask: jax.Array, positions: jax.Array
+    ) -> jax.Array:
         if tokens.shape[-1] != self.width:
             tokens = _dense(self.width, ("embed", None), "input_projection")(tokens)
         block = rematerialised(DecoderBlock, self.remat_policy, self.scan_layers)
         args = (self.num_heads, self.mlp_dim, self.approximate_gelu)
+        memory = (tokens, mask, positions.astype(tokens.dtype), queries)
+        start = jnp.zeros_like(queries)
         if self.scan_layers:
-            _, outputs = scanned(block, self.num_layers)(*args, name="layers")(
-                queries, (tokens, mask)
-            )
+            _, outputs = scanned(block, self.num_layers)(*args, name="layers")(start, memory)
         else:
-            x, outputs = queries, []
+            x, outputs = start, []
             for i in range(self.num_layers):
-                x, out = block(*args, name=f"layer_{i}")(x, (tokens, mask))
+                x, out = block(*args, name=f"layer_{i}")(x, memory)
                 outputs.append(out)
             outputs = jnp.stack(outputs)
         return LayerNorm(name="ln_final")(outputs)
+
+
+def grid_positions(grid: tuple[int, ...], width: int) -> jax.Array:
+    """Fixed sine positions `[prod(grid), width]` of the cells of `grid` (row-major, as tokens
+    are laid out): each axis takes an equal share of the width (the rest stays zero), as
+    sines and cosines of its index at geometrically spaced frequencies."""
+    share = (width // len(grid)) // 2 * 2
+    codes = []
+    for size in grid:
+        frequencies = 1.0 / 10000 ** (jnp.arange(share // 2) / max(share // 2, 1))
+        angles = jnp.arange(size)[:, None] * frequencies[None]
+        codes.append(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1))
+    mesh = jnp.meshgrid(*[jnp.arange(size) for size in grid], indexing="ij")
+    parts = [code[index.ravel()] for code, index in zip(codes, mesh, strict=True)]
+    out = jnp.concatenate(parts, axis=-1)
+    return jnp.pad(out, ((0, 0), (0, width - out.shape[-1])))
 
 
 class QueryEmbeddings(nn.Module):

@@ -160,7 +160,11 @@ class CrossAttention(nn.Module):
     num_heads: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, memory: jax.Array, mask: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, memory: jax.Array, mask: jax.Array, key_positions=None
+    ) -> jax.Array:
+        """`key_positions` (`[length, embed]` or like `memory`) are added to the memory in the
+        keys only (DETR's positional encodings of the encoder's tokens)."""
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
         w_q = param_with_axes(
@@ -189,6 +193,9 @@ class CrossAttention(nn.Module):
         )
         q = jnp.einsum("bqd,dhk->bhqk", x, w_q) + b_q[None, :, None]
         kv = jnp.einsum("bld,dthk->tbhlk", memory, w_kv) + b_kv[:, None, :, None]
+        k = kv[0]
+        if key_positions is not None:
+            k = k + jnp.einsum("...ld,dhk->...hlk", key_positions, w_kv[:, 0])
         q = q / jnp.sqrt(head_dim).astype(x.dtype)
-        out = dot_product_attention(q, kv[0], kv[1], mask)
+        out = dot_product_attention(q, k, kv[1], mask)
         return _output_projection(self, out, d_model)

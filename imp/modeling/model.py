@@ -20,7 +20,13 @@ import jax.numpy as jnp
 from imp import validation
 from imp.errors import ImpError, did_you_mean
 from imp.modeling import embedders
-from imp.modeling.decoder import DecodedClassifier, DetectionHead, QueryDecoder, QueryEmbeddings
+from imp.modeling.decoder import (
+    DecodedClassifier,
+    DetectionHead,
+    QueryDecoder,
+    QueryEmbeddings,
+    grid_positions,
+)
 from imp.modeling.embedders import (
     POSITIONS,
     ClassToken,
@@ -400,17 +406,22 @@ class ImpModel(nn.Module):
         (seed 002 §3.3), the head's queries decoded over them. Detection gives
         `class_logits` `[layers, batch, queries, classes + 1]` and `boxes` `[layers, batch,
         queries, 4]`; a classifier `logits` `[batch, classes]` from the last layer."""
-        tokens, masks, out = [], [], {}
+        tokens, masks, positions, out = [], [], [], {}
         for modality in MODALITIES:
             if modality in inputs:
-                t, mask, stats = self.encode(
-                    modality, inputs[modality], drop_rate, train, drop_path
-                )
+                x = inputs[modality]
+                t, mask, stats = self.encode(modality, x, drop_rate, train, drop_path)
                 tokens.append(t)
                 masks.append(mask)
+                grid = token_grid(self, modality, x.shape[1:])
+                code = grid_positions(grid, self.decoder.width)
+                if self.class_token:
+                    code = jnp.concatenate([jnp.zeros_like(code[:1]), code])
+                positions.append(code)
                 out.update({f"routing/{modality}/{k}": v for k, v in stats.items()})
         tokens, mask = jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1)
-        hidden = self.decoder(self.queries[head](tokens.shape[0]), tokens, mask)
+        queries = self.queries[head](tokens.shape[0])
+        hidden = self.decoder(queries, tokens, mask, jnp.concatenate(positions))
         if head in self.detectors:
             out["class_logits"], out["boxes"] = self.detectors[head](hidden)
         else:
@@ -651,6 +662,25 @@ def _check_views(model: ImpModel) -> None:
     )
 
 
+def token_grid(model: ImpModel, modality: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid of an input's tokens before DropToken and the class token: (t, h, w)
+    tubelets, (time, mel) patches, waveform patches, text tokens, or MTV's frame tokens."""
+    if modality == "vision" and model.views:
+        grids = [embedders.vision_grid(shape[:3], p, model.vision_max_grid) for p in model.views]
+        return (sum(g[0] for g in grids),)  # the views' frame tokens
+    if modality == "vision":
+        return embedders.vision_grid(shape[:3], model.vision_patch, model.vision_max_grid)
+    if modality == "waveform":
+        return (
+            embedders.waveform_grid(shape[0], model.waveform_patch, model.max_waveform_patches),
+        )
+    if modality == "spectrogram":
+        return embedders.spectrogram_grid(
+            shape, model.spectrogram_patch, model.spectrogram_max_grid
+        )
+    return (embedders.text_tokens(shape[0], model.max_text_length),)
+
+
 def tokens_per_example(
     model: ImpModel, shapes: dict[str, tuple[int, ...]], drop_rate: float = 0.0
 ) -> dict[str, int]:
@@ -659,24 +689,7 @@ def tokens_per_example(
     not fit the model: not divisible by its patch, past a position table, text too long."""
     tokens = {}
     for modality, shape in shapes.items():
-        if modality == "vision" and model.views:
-            grids = [
-                embedders.vision_grid(shape[:3], p, model.vision_max_grid) for p in model.views
-            ]
-            grid = (sum(g[0] for g in grids),)  # the views' frame tokens
-        elif modality == "vision":
-            grid = embedders.vision_grid(shape[:3], model.vision_patch, model.vision_max_grid)
-        elif modality == "waveform":
-            grid = (
-                embedders.waveform_grid(shape[0], model.waveform_patch, model.max_waveform_patches),
-            )
-        elif modality == "spectrogram":
-            grid = embedders.spectrogram_grid(
-                shape, model.spectrogram_patch, model.spectrogram_max_grid
-            )
-        else:
-            grid = (embedders.text_tokens(shape[0], model.max_text_length),)
-        full = math.prod(grid)
+        full = math.prod(token_grid(model, modality, shape))
         keep = full if modality == "text" else max(1, round(full * (1.0 - drop_rate)))
         tokens[modality] = keep + model.class_token
     return tokens
