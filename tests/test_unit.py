@@ -12,7 +12,7 @@ from conftest import SHARED, TINY, WORLD_IMAGES
 from imp import cli
 from imp.data import dmvr, scenes
 from imp.errors import ImpError
-from imp.evaluation import metrics
+from imp.evaluation import checkpoint_eval, metrics
 
 
 def _read(world_dir, name, split):
@@ -123,6 +123,6 @@ def test_unit_demo_trains_and_imp_eval_reports_ap_and_vqa_accuracy(world_dir, tm
     assert vqa["top1"]["chance"] == pytest.approx(1 / len(scenes.ANSWERS))
     assert "top1" in summary["tasks"]["digit_captions_cls"]
     assert (run_dir / "eval" / "step_2" / "detections_digit_scenes_detection.png").is_file()
-    assert cli.main(["eval", f"--checkpoint_dir={run_dir}", "--evaluations=detection"]) == 0
-    table = capsys.readouterr().out
-    assert "digit_scenes_detection" in table and "AP50" in table and "       -" in table
+    rows = checkpoint_eval.format_table(summary).splitlines()
+    ap50 = next(r for r in rows if r.startswith("digit_scenes_detection") and "AP50" in r)
+    assert ap50.endswith("       -")  # AP has no chance level
