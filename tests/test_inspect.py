@@ -2,6 +2,7 @@
 model's token counts, and decoded examples."""
 
 import json
+import re
 
 import pytest
 from conftest import WORLD_IMAGES
@@ -59,3 +60,16 @@ def test_show_decodes_captions_and_labels(world_dir, capsys):
     shown = [line for line in out.splitlines() if line.startswith("  [")]
     assert len(shown) == 4
     assert all("label " in line and ("handwritten" in line or "digit" in line) for line in shown)
+
+
+def test_show_lists_a_detection_example_s_objects(world_dir, capsys):
+    out = _inspect(
+        world_dir,
+        capsys,
+        "--gin_file=runs/unit_demo.gin",
+        "--mixture=digit_scenes_detection",
+        "--show",
+        "1",
+    )
+    (shown,) = [line for line in out.splitlines() if line.startswith("  [")]
+    assert re.fullmatch(r"  \[0\] \d objects: '\d' at \(0\.\d\d, 0\.\d\d\)(, .*)?", shown)

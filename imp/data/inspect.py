@@ -56,8 +56,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def show_examples(tasks: Sequence[TaskSpec], count: int) -> list[str]:
-    """The captions and labels of the first `count` evaluation examples of each data set
-    of `tasks`, decoded back to text."""
+    """The captions, labels and objects of the first `count` evaluation examples of each
+    data set of `tasks`, decoded back to text."""
     lines, seen = [], set()
     for spec in tasks:
         if spec.dataset in seen:
@@ -82,6 +82,14 @@ def show_examples(tasks: Sequence[TaskSpec], count: int) -> list[str]:
             if "label" in batch:
                 label = int(batch["label"][i])
                 parts.append(f"label {label} '{spec.class_names[label]}'" if label >= 0 else "")
+            if "object_labels" in batch:  # detection: each object's class and box centre
+                labels, boxes = batch["object_labels"][i], batch["object_boxes"][i]
+                objects = [
+                    f"'{spec.class_names[label]}' at ({box[0]:.2f}, {box[1]:.2f})"
+                    for label, box in zip(labels, boxes, strict=True)
+                    if label >= 0
+                ]
+                parts.append(f"{len(objects)} objects: " + ", ".join(objects))
             if "captions" in batch:
                 captions = [vocabulary.decode(row.tolist()) for row in batch["captions"][i]]
                 parts.append(" | ".join(c for c in captions if c))
