@@ -338,3 +338,32 @@ def test_missing_vocabulary_file(tmp_path):
     )
     with pytest.raises(ImpError, match="vocabulary file .*missing.model does not exist"):
         datasets.register_dataset(dataset)
+
+
+@pytest.mark.parametrize(
+    "boxes, labels, message",
+    [
+        ([(0.1, 0.1, 0.5, 0.5)], [0], None),  # a good record: the batch holds its object
+        ([(0.1, 0.1, 1.2, 0.5)], [0], r"a box of .* is not inside \[0, 1\] with min < max"),
+        ([(0.5, 0.1, 0.1, 0.5)], [0], r"a box of .* is not inside \[0, 1\] with min < max"),
+        ([(0.1, 0.1, 0.5, 0.5)], [2], r"image/object/class/label out of range \[0, 2\)"),
+        ([(0.1, 0.1, 0.2, 0.2)] * 3, [0, 1, 0], "more objects than Dataset.max_objects = 2"),
+    ],
+)
+def test_detection_records_are_checked_and_padded(tmp_path, boxes, labels, message):
+    records = [dmvr.encode(_frames(1), boxes=boxes, box_labels=labels)]
+    dataset = _dataset(
+        tmp_path,
+        records,
+        tasks={"det": ("detection", ("vision",))},
+        class_names=("a", "b"),
+        max_objects=2,
+    )
+    spec = datasets.register_dataset(dataset)[0][0]
+    if message is None:
+        batch = next(feeding.batches(spec, "train", 0, train=True))
+        np.testing.assert_array_equal(batch["object_labels"], [[0, -1]])
+        np.testing.assert_allclose(batch["object_boxes"][0, 0], [0.3, 0.3, 0.4, 0.4])
+        return
+    with pytest.raises(ImpError, match=rf"task 'synthetic_det' .*{message} in file .*train-0"):
+        next(feeding.batches(spec, "train", 0, train=True))
