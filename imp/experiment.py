@@ -254,11 +254,12 @@ class Experiment:
         }
 
     def evaluate(
-        self, params, evaluations: Sequence[str], figures: Path | None = None
+        self, params, evaluations: Sequence[str], figure_dir: Path | None = None
     ) -> dict[str, dict]:
         """`{task: {metric: {value, chance}}}` on the held-out data of every data set
-        (collective: every process calls it); figures, where a task has one, to `figures`."""
-        return _evaluator().evaluate(self, params, evaluations, figures)
+        (collective: every process calls it); figures, where a task has one, to
+        `figure_dir`."""
+        return _evaluator().evaluate(self, params, evaluations, figure_dir)
 
     @property
     def eval_batch_size(self) -> int:

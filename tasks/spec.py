@@ -88,6 +88,12 @@ class TaskSpec:
         return self.head_name or self.dataset
 
     @property
+    def output_head(self) -> str | None:
+        """The head whose outputs the task reads (a classifier on pooled tokens or a decoded
+        head); None for a contrastive task, which reads its projections."""
+        return self.head if self.decoded or self.objective in CLASSIFICATION else None
+
+    @property
     def decoded(self) -> bool:
         """Whether the task's head reads the query decoder (UniT) rather than pooled tokens."""
         return self.objective == DETECTION or self.queries > 0

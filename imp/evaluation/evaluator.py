@@ -271,8 +271,7 @@ def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
     n = len(next(iter(batch.values())))
     views = spec.eval_views  # [batch, views, ...] inputs (every non-text one) when > 1
     flat = {k: v.reshape(n * views, *v.shape[2:]) if views > 1 else v for k, v in inputs.items()}
-    head = spec.head if spec.objective in CLASSIFICATION or spec.decoded else None
-    for key, value in encoder(flat, head, spec.decoded).items():
+    for key, value in encoder(flat, spec.output_head, spec.decoded).items():
         value = value.reshape(n, views, *value.shape[1:]).mean(1)
         out[key] = metrics.normalise(value) if key.startswith("embedding/") else value
     if "captions" in batch:
@@ -287,17 +286,17 @@ def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
 
 
 def evaluate(
-    experiment: "Experiment", params, evaluations=EVALUATIONS, figures: Path | None = None
+    experiment: "Experiment", params, evaluations=EVALUATIONS, figure_dir: Path | None = None
 ) -> dict[str, dict]:
     """`{task: {metric: {value, chance}}}` for every data set of the experiment; with
-    `figures`, each detection task's figure goes there (`detections_<task>.png`)."""
+    `figure_dir`, each detection task's figure goes there (`detections_<task>.png`)."""
     check_evaluations(evaluations)
     encoder = Encoder(experiment, params)
     results = {}
     for name, spec in tasks_to_evaluate(experiment.tasks).items():
         results[name] = evaluate_task(encoder, spec, evaluations)
-        if figures is not None and "detection" in evaluations and spec.objective == DETECTION:
-            _detection_figure(encoder, spec, figures / f"detections_{name}.png")
+        if figure_dir is not None and "detection" in evaluations and spec.objective == DETECTION:
+            _detection_figure(encoder, spec, figure_dir / f"detections_{name}.png")
     return results
 
 

@@ -98,7 +98,6 @@ class TaskLoss:
             inputs = {
                 m: x.astype(dtype) if x.dtype == jnp.float32 else x for m, x in inputs.items()
             }
-        head = task.head if task.decoded or task.objective in CLASSIFICATION else None
         targets = None
         if task.mixup > 0:  # a classification task's (checked when the experiment is built)
             rng, mix_rng = jax.random.split(rng)
@@ -109,7 +108,7 @@ class TaskLoss:
         out = model.apply(
             {"params": params},
             inputs,
-            head=head,
+            head=task.output_head,
             drop_rate=task.drop_rate,
             train=True,
             drop_path=task.stochastic_depth,
