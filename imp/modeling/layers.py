@@ -77,9 +77,11 @@ def _qk_norm(name: str) -> nn.LayerNorm:
 
 def dot_product_attention(q, k, v, mask: jax.Array) -> jax.Array:
     """Softmax attention of `q, k, v` `[batch, heads, length, kv]` (q already scaled) over the
-    keys that `mask` `[batch, length]` keeps."""
+    keys that `mask` keeps: `[batch, keys]` for every query alike, or `[batch, queries,
+    keys]`."""
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits, axis=-1)
     return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
 
@@ -133,10 +135,10 @@ class SelfAttention(nn.Module):
             out = factorised_heads(dot_product_attention, q, k, v, mask, grid)
         else:
             out = dot_product_attention(q, k, v, mask)
-        return _output_projection(self, out, d_model)
+        return output_projection(self, out, d_model)
 
 
-def _output_projection(module: nn.Module, out: jax.Array, d_model: int) -> jax.Array:
+def output_projection(module: nn.Module, out: jax.Array, d_model: int) -> jax.Array:
     """The heads' outputs `[batch, heads, length, kv]` projected back to `[batch, length,
     embed]` (parameters `out_kernel`, `out_bias` of `module`)."""
     out = constrain(out, ("batch", "heads", "length", "kv"))
@@ -198,4 +200,4 @@ class CrossAttention(nn.Module):
             k = k + jnp.einsum("...ld,dhk->...hlk", key_positions, w_kv[:, 0])
         q = q / jnp.sqrt(head_dim).astype(x.dtype)
         out = dot_product_attention(q, k, kv[1], mask)
-        return _output_projection(self, out, d_model)
+        return output_projection(self, out, d_model)
