@@ -46,7 +46,7 @@ from imp.modeling.model import (
     tokens_per_example,
 )
 from imp.partitioning.partitioner import Partitioner
-from imp.tasks.spec import CLASSIFICATION, DETECTION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, DETECTION, GENERATION, TaskSpec
 from imp.training import train_state
 from imp.training.initialise import InitFrom
 from imp.training.optimizer import StepSize, make_optimizer
@@ -143,7 +143,14 @@ class Experiment:
             put("tx", tx)
             put("step_size", step_size)
         check_config(self.model)
-        put("model", self.model.clone(heads=_heads(self.tasks), decoded=_decoded(self.tasks)))
+        put(
+            "model",
+            self.model.clone(
+                heads=_heads(self.tasks),
+                decoded=_decoded(self.tasks),
+                **_text_decoder(self.model, self.tasks, self.step_size),
+            ),
+        )
         self.new_sampler()  # checks the schedule against the tasks
         for spec in self.tasks:
             self._check_task(spec)
@@ -422,6 +429,47 @@ def _decoded(tasks: Sequence[TaskSpec]) -> tuple[tuple, ...]:
         return (spec.head, kind, spec.num_classes, spec.num_queries)
 
     return _one_per_head(tasks, entry, "decoded head", "kind, classes, queries")
+
+
+def _text_decoder(model: ImpModel, tasks: Sequence[TaskSpec], step_size: StepSize) -> dict:
+    """The LiT decoder's vocabulary (the generation tasks', when `TextDecoder.vocab_size` is
+    0) and whether the encoder is frozen (`make_optimizer.encoder_lr_multiplier = 0`)."""
+    writers = [s for s in tasks if s.objective == GENERATION]
+    decoder = model.text_decoder
+    validation.require(
+        not writers or decoder is not None,
+        f"the tasks {[s.name for s in writers]} write text (the LiT decoder): bind "
+        "ImpModel.text_decoder = @TextDecoder()",
+    )
+    validation.require(
+        step_size.encoder_multiplier == 1.0 or decoder is not None,
+        f"make_optimizer.encoder_lr_multiplier = {step_size.encoder_multiplier} scales the "
+        "encoder's rate under a text decoder, and ImpModel.text_decoder is not bound",
+    )
+    if decoder is None:
+        return {}
+    vocabularies = sorted({s.vocab_size for s in writers})
+    validation.require(
+        len(vocabularies) <= 1,
+        f"the generation tasks {[s.name for s in writers]} have vocabularies of "
+        f"{vocabularies} ids; one text decoder writes with one vocabulary",
+    )
+    vocab = decoder.vocab_size or (vocabularies[0] if vocabularies else 0)
+    validation.require(
+        vocab >= 1 and all(v <= vocab for v in vocabularies),
+        f"TextDecoder.vocab_size = {decoder.vocab_size}: the generation tasks' vocabulary has "
+        f"{vocabularies} ids (0 takes theirs)",
+    )
+    for spec in writers:
+        validation.require(
+            spec.decoder_length <= decoder.max_length,
+            f"task '{spec.name}': prompt and answer take up to {spec.decoder_length} tokens "
+            f"(Dataset.decoder_length), beyond TextDecoder.max_length = {decoder.max_length}",
+        )
+    return {
+        "text_decoder": decoder.clone(vocab_size=vocab),
+        "frozen_encoder": step_size.frozen_encoder,
+    }
 
 
 def _one_per_head(tasks, entry_of, what: str, fields: str) -> tuple[tuple, ...]:

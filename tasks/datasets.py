@@ -34,8 +34,16 @@ import tensorflow as tf
 from imp import validation
 from imp.data import dmvr, preprocessing
 from imp.errors import ImpError
+from imp.modeling.text_decoder import EOS, START
 from imp.tasks import registry
-from imp.tasks.spec import CLASSIFICATION, DETECTION, TEXT_SOURCES, TaskSpec
+from imp.tasks.spec import (
+    CLASSIFICATION,
+    DETECTION,
+    GENERATION,
+    PROMPT_TEXT,
+    TEXT_SOURCES,
+    TaskSpec,
+)
 
 AUDIO = ("waveform", "spectrogram")
 
@@ -99,6 +107,11 @@ class Dataset:
     # Detection (`dmvr.BOX`): objects per example, padded to this in a batch. Detection frames
     # are resized whole, with no crop or flip, so the boxes stay where they are.
     max_objects: int = 0
+    # Generation (the LiT decoder, seed 003): each generation task's prompt (task suffix ->
+    # text; default "<suffix>:"; "" for none), where "{text}" stands for the example's question
+    # (its first caption), and the tokens of prompt and answer together, padded.
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+    decoder_length: int = 48
 
     @property
     def is_video(self) -> bool:
@@ -157,6 +170,7 @@ def register_dataset(dataset: Dataset) -> list[tuple[TaskSpec, float]]:
             num_examples=num_train,
             text_source=text_source,
             **_shapes(dataset, vocabulary),
+            **(_prompt(dataset, suffix, vocabulary) if objective == GENERATION else {}),
             eval_task=eval_task,
         )
         family = variants(dataset, base)
@@ -168,7 +182,7 @@ def register_dataset(dataset: Dataset) -> list[tuple[TaskSpec, float]]:
         ]
         for spec in family:
             preprocessors = [
-                functools.partial(_train_example, source=dataset, spec=spec),
+                functools.partial(_train_example, source=dataset, spec=spec, vocabulary=vocabulary),
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
             ]
             registry.register(spec, source, preprocessors, features)
@@ -193,7 +207,7 @@ def task_entries(dataset: Dataset) -> dict[str, tuple[str, tuple[str, ...], str]
             text_source in TEXT_SOURCES, f"{where}: text source must be one of {TEXT_SOURCES}"
         )
         validation.require(
-            text_source == "captions" or "text" in entry[1],
+            text_source == "captions" or "text" in entry[1] or entry[0] == GENERATION,
             f"{where}: text from labels needs 'text' among the model inputs",
         )
         entries[suffix] = (entry[0], tuple(entry[1]), text_source)
@@ -253,6 +267,34 @@ def _shapes(dataset: Dataset, vocabulary) -> dict:
     )
 
 
+def _prompt(dataset: Dataset, suffix: str, vocabulary) -> dict:
+    """A generation task's prompt and its token ids before and after the question, checked to
+    be spelt by the vocabulary."""
+    prompt = dataset.prompts.get(suffix, f"{suffix}:")
+    where = f"{dataset.name}/Dataset.prompts['{suffix}'] = {prompt!r}"
+    validation.require(
+        isinstance(prompt, str) and prompt.count(PROMPT_TEXT) <= 1,
+        f'{where}: expected text ("" for none), with at most one {PROMPT_TEXT} (the '
+        "example's question)",
+    )
+    parts = prompt.split(PROMPT_TEXT) + [""]
+    ids = tuple(
+        tuple(vocabulary.encode(part.strip())) if part.strip() else () for part in parts[:2]
+    )
+    unknown = getattr(vocabulary, "unk_id", None)
+    validation.require(
+        unknown is None or all(unknown not in part for part in ids),
+        f"{where}: the vocabulary {dataset.vocabulary} cannot spell it (unknown pieces); "
+        "choose words it knows, or train it on the prompts too",
+    )
+    return dict(
+        prompt=prompt,
+        prompt_ids=ids,
+        decoder_length=dataset.decoder_length,
+        vocabulary=dataset.vocabulary,
+    )
+
+
 def _class_prompts(dataset: Dataset) -> tuple[tuple[str, ...], ...]:
     if dataset.class_prompts:
         return tuple(tuple(p) for p in dataset.class_prompts)
@@ -276,6 +318,7 @@ def _check(dataset: Dataset) -> None:
         "mel_frame_step",
         "text_length",
         "max_captions",
+        "decoder_length",
     ):
         validation.at_least(f"{dataset.name}/Dataset.{field}", getattr(dataset, field), 1)
     for field in ("num_samples", "eval_height", "eval_width", "max_objects"):
@@ -309,6 +352,17 @@ def _check(dataset: Dataset) -> None:
             raise ImpError(f"{where}: task '{suffix}' ({objective}) needs class_names")
         if text_source == "labels" and not dataset.class_names:
             raise ImpError(f"{where}: task '{suffix}' takes its text from labels: set class_names")
+        if objective == GENERATION and not dataset.vocabulary:
+            raise ImpError(
+                f"{where}: task '{suffix}' (generation) writes text: set Dataset.vocabulary "
+                "(a SentencePiece model path)"
+            )
+    unknown = set(dataset.prompts) - {s for s, e in entries.items() if e[0] == GENERATION}
+    if unknown:
+        raise ImpError(
+            f"{dataset.name}/Dataset.prompts names {sorted(unknown)}, which are not generation "
+            f"tasks of the data set ({sorted(entries)})"
+        )
     if used & set(AUDIO) and not dataset.num_samples:
         raise ImpError(f"{where}: audio inputs need num_samples (the audio window)")
     if "text" in used and not dataset.vocabulary:
@@ -345,6 +399,8 @@ def _output_features(vocabulary, views: int) -> dict[str, seqio.Feature]:
         "labels": continuous(tf.float32, 1),
         "object_labels": continuous(tf.int32, 1),
         "object_boxes": continuous(tf.float32, 2),
+        "decoder_tokens": continuous(tf.int32, 1),
+        "prompt_length": continuous(tf.int32, 0),
     }
 
 
@@ -511,15 +567,22 @@ def _read(
 
 
 @seqio.map_over_dataset(num_seeds=3)
-def _train_example(element, seeds, source: Dataset, spec: TaskSpec) -> dict:
-    """A training example of `spec`: one random clip, crop, flip, caption."""
+def _train_example(element, seeds, source: Dataset, spec: TaskSpec, vocabulary=None) -> dict:
+    """A training example of `spec`: one random clip, crop, flip, caption (or, to generate,
+    the prompt and answer's tokens)."""
     dataset = source  # (seqio's wrapper reserves the name `dataset`)
     clip_seed, vision_seed, text_seed = seeds
     wants_audio = bool(set(spec.modalities) & set(AUDIO))
     detection = spec.objective == DETECTION
     example, source_file = _read(dataset, element, wants_audio, detection)
+    generation = spec.objective == GENERATION
     example = _checked(
-        dataset, example, source_file, spec.modalities, spec.objective, spec.has_captions
+        dataset,
+        example,
+        source_file,
+        spec.modalities + (("text",) if generation and spec.reads_captions else ()),
+        ("softmax" if spec.text_source == "labels" else None) if generation else spec.objective,
+        spec.reads_captions,
     )
     starts = preprocessing.clip_starts(
         tf.shape(example["frames"])[0], spec.frames, dataset.stride, 1, clip_seed
@@ -539,7 +602,39 @@ def _train_example(element, seeds, source: Dataset, spec: TaskSpec) -> dict:
         out.update(_labels(dataset, spec.objective, example["label"]))
     if detection:
         out.update(_objects(dataset, example))
+    if generation:
+        out.update(_prompt_and_answer(spec, vocabulary, example, text_seed, source_file))
     return out
+
+
+def _prompt_and_answer(spec: TaskSpec, vocabulary, example, seed, source_file) -> dict:
+    """`decoder_tokens` `[decoder_length]`: the prompt (around the example's first caption when
+    it asks one), then the answer (a random caption, or the class name) and EOS, then zeros;
+    and `prompt_length`. Too long a sequence stops the stream, naming the task and file."""
+    before, after = (tf.constant(ids, tf.int32, shape=[len(ids)]) for ids in spec.prompt_ids)
+    prompt = [before]
+    if spec.asks:
+        question = tf.cast(vocabulary.encode_tf(example["captions"][0]), tf.int32)
+        prompt += [question, after]
+    prompt = tf.concat(prompt, 0)
+    if spec.text_source == "captions":
+        answer = preprocessing.pick_caption(example["captions"], seed)
+    else:
+        answer = tf.gather(tf.constant(spec.class_names), example["label"][0])
+    answer = tf.cast(vocabulary.encode_tf(answer), tf.int32)
+    tokens = tf.concat([prompt, answer, [EOS]], 0)
+    fits = _require(
+        tf.size(tokens) <= spec.decoder_length,
+        source_file,
+        f"task '{spec.name}': prompt and answer longer than Dataset.decoder_length = "
+        f"{spec.decoder_length} tokens",
+    )
+    with tf.control_dependencies([fits]):
+        padded = tf.pad(tokens, [[0, spec.decoder_length - tf.size(tokens)]], constant_values=START)
+    return {
+        "decoder_tokens": tf.ensure_shape(padded, [spec.decoder_length]),
+        "prompt_length": tf.size(prompt),
+    }
 
 
 def _label_prompt(class_prompts, labels: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -557,13 +652,25 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
     dataset = source
     entries = task_entries(dataset).values()
     used = {m for _, modalities, _ in entries for m in modalities}
-    captioned = any(source == "captions" and "text" in m for _, m, source in entries)
-    if not captioned:
+    # Captions: text inputs, or what a generation task writes or is asked.
+    captioned = any(
+        (text == "captions" and "text" in m)
+        or (
+            objective == GENERATION
+            and (text == "captions" or PROMPT_TEXT in dataset.prompts.get(suffix, ""))
+        )
+        for suffix, (objective, m, text) in task_entries(dataset).items()
+    )
+    if captioned:
+        used.add("text")
+    else:
         used.discard("text")  # text from labels: zero-shot reads the class prompts instead
     objectives = {objective for objective, _, _ in entries}
     detection = DETECTION in objectives
     example, source_file = _read(dataset, element, bool(used & set(AUDIO)), detection)
+    writes_labels = any(o == GENERATION and t == "labels" for o, _, t in entries)
     labelled = next((o for o in (*CLASSIFICATION, DETECTION) if o in objectives), None)
+    labelled = labelled or ("softmax" if writes_labels else None)
     example = _checked(dataset, example, source_file, tuple(used), labelled)
     clips, crops = dataset.eval_clips, dataset.eval_crops
     starts = preprocessing.clip_starts(

@@ -25,6 +25,16 @@ _UNIT_TASKS = {
     "digit_questions": ("questions", {"vqa": ("softmax", ("vision", "text"))}),
     "digit_captions": ("image", {"cls": ("softmax", ("text",))}),
 }
+# The LiT decoder's tasks (seed 003) on the demo world, over frozen features: captions of
+# images and videos, a digit's class as text, and answers to the scenes' questions, each after
+# its prompt (`demo_world.PROMPTS`), in the mixture `lit_demo` (weighted by examples, seed 003's
+# "concat images"). The images' two tasks share their inputs: only the prompt tells them apart.
+LIT_MIXTURE = "lit_demo"
+_LIT_TASKS = {
+    "lit_images": ("image", ("caption", "captions"), ("classify", "labels")),
+    "lit_videos": ("video", ("caption", "captions")),
+    "lit_questions": ("questions", ("answer", "labels")),
+}
 UNIT_WEIGHTS = {
     "digit_scenes_detection": 0.6,
     "digit_questions_vqa": 0.3,
@@ -55,6 +65,8 @@ def prepare_demo(
     label_text: bool = False,
     audio_classification: bool = False,
     unit: bool = False,
+    lit: bool = False,
+    lit_prompts: bool = True,
 ) -> None:
     """Generates the demo world if needed, then registers its tasks and `demo_all`.
 
@@ -65,7 +77,9 @@ def prepare_demo(
     `audio_classification` adds `digit_videos_audio_cls`: a clip's class from its sound alone
     (log-mel spectrogram), so `demo_classification` holds an image, a video and an audio
     classification task, PolyViT's three modalities (seed 000). `unit` registers UniT's tasks
-    and their mixture `unit_demo` (seed 002; see the module docstring).
+    and their mixture `unit_demo` (seed 002; see the module docstring). `lit` registers the LiT
+    decoder's tasks and `lit_demo` (seed 003); without `lit_prompts`, they have no prompts
+    (seed 003 Table 1's unconditioned decoder).
     """
     for name, value in (("batch_size", batch_size), ("text_length", text_length), ("seed", seed)):
         validation.at_least(f"prepare_demo.{name}", value, 0 if name == "seed" else 1)
@@ -77,6 +91,8 @@ def prepare_demo(
         ("label_text", label_text),
         ("audio_classification", audio_classification),
         ("unit", unit),
+        ("lit", lit),
+        ("lit_prompts", lit_prompts),
     )
     for name, flag in flags:
         validation.require(
@@ -85,6 +101,8 @@ def prepare_demo(
     root = Path(data_dir).expanduser() if data_dir else default_data_dir(seed)
     manifest = demo_world.ensure(root, seed, num_images)
     register_demo(root, manifest, batch_size, text_length, label_text, audio_classification, unit)
+    if lit:
+        _register_lit(root, manifest, batch_size, text_length, lit_prompts)
 
 
 def register_demo(
@@ -161,6 +179,35 @@ def _register_unit(root: Path, manifest: dict, batch_size: int, text_length: int
         )
         names += [spec.name for spec, _ in datasets.register_dataset(dataset)]
     registry.register_mixture(UNIT_MIXTURE, [(n, UNIT_WEIGHTS[n]) for n in names])
+
+
+def _register_lit(
+    root: Path, manifest: dict, batch_size: int, text_length: int, prompts: bool
+) -> None:
+    """The LiT decoder's data sets and tasks (`_LIT_TASKS`) and `lit_demo`."""
+    registered = []
+    for name, (files, *tasks) in _LIT_TASKS.items():
+        info = manifest["datasets"][files]
+        dataset = datasets.Dataset(
+            name=name,
+            file_patterns={s: str(root / v["file_pattern"]) for s, v in info["splits"].items()},
+            num_examples={s: v["num_examples"] for s, v in info["splits"].items()},
+            tasks={suffix: ("generation", ("vision",), text) for suffix, text in tasks},
+            prompts={s: demo_world.PROMPTS[s] if prompts else "" for s, _ in tasks},
+            vocabulary=str(root / manifest["vocabulary"]),
+            class_names=tuple(info["class_names"]),
+            batch_size=batch_size,
+            frames=info["frames"],
+            height=info["height"],
+            width=info["width"],
+            crop_scale=(0.8, 1.0),
+            flip=False,
+            multi_resolution=False,
+            text_length=text_length,
+            max_captions=2,
+        )
+        registered += datasets.register_dataset(dataset)
+    registry.register_mixture(LIT_MIXTURE, [(spec.name, w) for spec, w in registered])
 
 
 def _class_prompts(dataset: str) -> tuple[tuple[str, ...], ...]:

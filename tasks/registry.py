@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import seqio
 
 from imp.errors import ImpError, did_you_mean
-from imp.tasks.spec import CLASSIFICATION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, GENERATION, TaskSpec
 
 # Prefixes the messages of in-graph data checks, so `feeding` can report them.
 CHECK_MARK = "imp-data-check: "
@@ -44,10 +44,13 @@ def register_mixture(
 def mixture_groups(spec: TaskSpec) -> list[str]:
     """The standard mixtures a task belongs to: image_text, video_text, video_audio_text,
     label_text (NCE against class-name prompts), contrastive (every NCE task),
-    classification, all, and `{data set}_labels` (the tasks its labels train: classification
-    and label-text NCE, seed 004 Table 2's setting)."""
+    classification, generation (text written by the LiT decoder), all, and `{data
+    set}_labels` (the tasks its labels train: classification and label-text NCE, seed 004
+    Table 2's setting)."""
     modalities = set(spec.modalities)
     labels = f"{spec.dataset}_labels"
+    if spec.objective == GENERATION:
+        return ["all", "generation"]
     if spec.objective in CLASSIFICATION:
         return ["all", "classification", labels]
     if spec.text_source == "labels":

@@ -14,7 +14,12 @@ CLASSIFICATION = ("softmax", "bce")  # single-label, multi-label (sigmoid)
 # Set prediction of objects' classes and boxes (UniT, seed 002 §3.4, as DETR): always through
 # the query decoder.
 DETECTION = "detection"
-OBJECTIVES = ("nce", *CLASSIFICATION, DETECTION)
+# Text written by the LiT decoder (seed 003) after a task prompt: the example's caption, or its
+# class name (classification, and answers to questions, as text).
+GENERATION = "generation"
+OBJECTIVES = ("nce", *CLASSIFICATION, DETECTION, GENERATION)
+# Where a prompt takes the example's own text (its first caption: a question).
+PROMPT_TEXT = "{text}"
 # Query embeddings of a decoded task when it does not set `queries` (seed 002 §3.3).
 DEFAULT_QUERIES = {DETECTION: 100, "softmax": 25}
 MODALITIES = ("vision", "waveform", "spectrogram", "text")
@@ -60,6 +65,13 @@ class TaskSpec:
     # pooled tokens), except detection, which always decodes (`DEFAULT_QUERIES`).
     queries: int = 0
     max_objects: int = 0  # detection: objects per example in a batch (padded)
+    # Generation: the prompt (`PROMPT_TEXT` marks the example's question), its token ids
+    # before and after the question, the length of prompt and answer together, and the
+    # vocabulary's file (to read the answers).
+    prompt: str = ""
+    prompt_ids: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    decoder_length: int = 0
+    vocabulary: str = ""
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -67,6 +79,10 @@ class TaskSpec:
         unknown = set(self.modalities) - set(MODALITIES)
         if unknown:
             raise ImpError(f"task '{self.name}': unknown modalities {sorted(unknown)}")
+        if self.objective == GENERATION and not (self.decoder_length and self.vocab_size):
+            raise ImpError(
+                f"task '{self.name}': a generation task needs a vocabulary and decoder_length"
+            )
         if self.objective in (*CLASSIFICATION, DETECTION) and not self.class_names:
             raise ImpError(f"task '{self.name}': a {self.objective} task needs class_names")
         if self.queries and self.objective not in ("softmax", DETECTION):
@@ -78,7 +94,17 @@ class TaskSpec:
             raise ImpError(
                 f"task '{self.name}': text source '{self.text_source}' not in {TEXT_SOURCES}"
             )
-        if self.text_source == "labels" and not ("text" in self.modalities and self.class_prompts):
+        if self.objective == GENERATION:
+            if self.text_source == "labels" and not self.class_names:
+                raise ImpError(f"task '{self.name}': writing class names needs class_names")
+            if self.asks and self.text_source == "captions":
+                raise ImpError(
+                    f"task '{self.name}': a prompt with the example's question "
+                    f"({PROMPT_TEXT}) is answered by a class name (text source 'labels')"
+                )
+        elif self.text_source == "labels" and not (
+            "text" in self.modalities and self.class_prompts
+        ):
             raise ImpError(
                 f"task '{self.name}': text from labels needs a text input and class names"
             )
@@ -91,6 +117,8 @@ class TaskSpec:
     def output_head(self) -> str | None:
         """The head whose outputs the task reads (a classifier on pooled tokens or a decoded
         head); None for a contrastive task, which reads its projections."""
+        if self.objective == GENERATION:
+            return None  # one text decoder for every task; the prompt names the task
         return self.head if self.decoded or self.objective in CLASSIFICATION else None
 
     @property
@@ -105,9 +133,27 @@ class TaskSpec:
         return self.queries or DEFAULT_QUERIES[self.objective]
 
     @property
+    def asks(self) -> bool:
+        """Whether the task's prompt holds the example's question (`PROMPT_TEXT`)."""
+        return PROMPT_TEXT in self.prompt
+
+    @property
+    def beams(self) -> int:
+        """Seed 003 §5.8's decoding: beam search with 4 beams for captions, greedy (1) for
+        class names and answers."""
+        return 4 if self.text_source == "captions" else 1
+
+    @property
     def has_captions(self) -> bool:
         """Whether the task reads the data set's captions (retrieval can then be measured)."""
         return "text" in self.modalities and self.text_source == "captions"
+
+    @property
+    def reads_captions(self) -> bool:
+        """Whether the task's examples need captions: as text input, or a generation task's
+        answers or questions."""
+        generated = self.objective == GENERATION and (self.text_source == "captions" or self.asks)
+        return self.has_captions or generated
 
     @property
     def num_classes(self) -> int:

@@ -6,7 +6,8 @@ in one of `DIRECTIONS` for 8 frames and pairs each clip with a tone whose pitch 
 and whose pitch or loudness contour encodes the direction; the `image` data set shows each digit
 once, still. Every example carries two template captions. The `scenes` and `questions` data
 sets place several digits on a larger canvas, for detection and visual questions
-(`imp.data.scenes`). A SentencePiece vocabulary is trained on all captions and questions.
+(`imp.data.scenes`). A SentencePiece vocabulary is trained on all captions and questions, and
+on the task prompts of the LiT decoder's demo tasks (`PROMPTS`).
 Everything derives from one seed, so the same seed gives byte-identical files.
 
 On disk (DMVR convention, as read by VATT/IMP): TFRecord shards of `tf.train.SequenceExample`
@@ -32,8 +33,10 @@ from imp.data import dmvr, scenes
 from imp.errors import ImpError
 
 # 2: 24 px glyphs moving 1 px per frame; 3: NFKC vocabulary; 4: scenes and questions;
-# 5: 24 px digits in the scenes
-FORMAT_VERSION = 5
+# 5: 24 px digits in the scenes; 6: the vocabulary spells the LiT decoder's prompts
+FORMAT_VERSION = 6
+# The task prompts of the LiT decoder's demo tasks (seed 003), which the vocabulary learns too.
+PROMPTS = {"caption": "caption:", "classify": "classify:", "answer": "question: {text} answer:"}
 DIRECTIONS = ("left", "right", "up", "down")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -107,6 +110,7 @@ def generate(out_dir: str | os.PathLike, seed: int = 0, num_images: int | None =
             }
             datasets[name] = {**_dataset_info(name), "splits": splits}
         all_captions += scenes.questions(NUMBER_WORDS)
+        all_captions += [p.replace("{text}", "") for p in PROMPTS.values()] * 20
         (staging / VOCABULARY).write_bytes(_train_vocabulary(all_captions))
         manifest["vocabulary"] = VOCABULARY
         manifest["datasets"] = datasets

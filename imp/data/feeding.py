@@ -19,7 +19,7 @@ import tensorflow as tf
 from imp.errors import ImpError
 from imp.partitioning.partitioner import Partitioner
 from imp.tasks.registry import CHECK_MARK
-from imp.tasks.spec import DETECTION, TaskSpec
+from imp.tasks.spec import DETECTION, GENERATION, TaskSpec
 
 
 def _select_and_pad(keep: tuple[str, ...], length: int):
@@ -37,6 +37,8 @@ def _select_and_pad(keep: tuple[str, ...], length: int):
 def _labels_kept(spec: TaskSpec, with_labels: bool) -> tuple[str, ...]:
     if spec.objective == DETECTION:
         return ("object_labels", "object_boxes")
+    if spec.objective == GENERATION:  # training: the sequence; evaluation: what answers it
+        return ("decoder_tokens", "prompt_length", "label")
     if spec.objective == "bce":
         return ("labels", "label") if with_labels else ("labels",)
     return ("label",) if with_labels or spec.objective == "softmax" else ()

@@ -5,7 +5,10 @@ reads its dataset's linear head on the pooled tokens, a contrastive task project
 into the space it shares with each other modality and divides similarities by a learned
 temperature (`contrastive_head`, `temperature`). With a query `decoder` (UniT, seed 002), the
 tasks in `decoded` send their own queries through it, over the encoded tokens of all their
-inputs, to a detection head or a classifier (`ImpModel.decode`).
+inputs, to a detection head or a classifier (`ImpModel.decode`). With a `text_decoder` (the LiT
+decoder, seed 003), the tasks that generate text read the encoded tokens of their inputs through
+it (`ImpModel.text_logits` in training, `ImpModel.memory` and `ImpModel.text_step` in
+`imp.generation`); with `frozen_encoder`, no gradient reaches the encoder through it.
 """
 
 import functools
@@ -47,6 +50,7 @@ from imp.modeling.heads import (
 )
 from imp.modeling.moe import ROUTERS, MoeConfig, num_groups
 from imp.modeling.multiview import MultiviewEmbedder
+from imp.modeling.text_decoder import START, TextDecoder
 from imp.modeling.token_learner import VERSIONS as TOKEN_LEARNERS
 from imp.modeling.token_learner import TokenLearnerEncoder
 
@@ -182,6 +186,11 @@ class ImpModel(nn.Module):
     # "classification" (set from the tasks by the experiment, like `heads`).
     decoder: QueryDecoder | None = None
     decoded: tuple[tuple[str, str, int, int], ...] = ()
+    # The LiT decoder (`ImpModel.text_decoder = @TextDecoder()`), shared by every task that
+    # generates text; `frozen_encoder` is set by the experiment (`Experiment.
+    # encoder_lr_multiplier = 0`, seed 003's default).
+    text_decoder: TextDecoder | None = None
+    frozen_encoder: bool = False
 
     def setup(self):
         vision = VisionEmbedder(
@@ -394,6 +403,54 @@ class ImpModel(nn.Module):
                 out.update({f"embedding/{source}/{t}": embedded[k] for t, k in targets.items()})
         return out
 
+    def memory(
+        self,
+        inputs: dict[str, jax.Array],
+        drop_rate: float = 0.0,
+        train: bool = False,
+        drop_path: float = 0.0,
+    ) -> tuple[jax.Array, jax.Array, dict]:
+        """The encoded tokens of every input modality, concatenated `[batch, length, d_model]`
+        (what a decoder cross-attends to), their mask, and MoE routing statistics."""
+        tokens, masks, out = [], [], {}
+        for modality in MODALITIES:
+            if modality in inputs:
+                t, mask, stats = self.encode(
+                    modality, inputs[modality], drop_rate, train, drop_path
+                )
+                tokens.append(t)
+                masks.append(mask)
+                out.update({f"routing/{modality}/{k}": v for k, v in stats.items()})
+        tokens, mask = jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1)
+        if self.frozen_encoder:
+            tokens = jax.lax.stop_gradient(tokens)
+        return tokens, mask, out
+
+    def text_logits(
+        self,
+        inputs: dict[str, jax.Array],
+        tokens: jax.Array,
+        head: str | None = None,
+        drop_rate: float = 0.0,
+        train: bool = False,
+        drop_path: float = 0.0,
+    ) -> dict[str, jax.Array]:
+        """Teacher forcing: the text decoder's `logits` `[batch, length, vocab]` of the
+        sequences `tokens` `[batch, length]` (position i reads token i - 1, position 0 the
+        start id), over the encoded inputs."""
+        del head  # one decoder for every task: the prompt says which task it is
+        memory, mask, out = self.memory(inputs, drop_rate, train, drop_path)
+        previous = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)), constant_values=START)
+        out["logits"] = self.text_decoder(previous, memory, mask)[0]
+        return out
+
+    def text_step(
+        self, memory: jax.Array, mask: jax.Array, previous: jax.Array, cache: jax.Array, index
+    ) -> tuple[jax.Array, jax.Array]:
+        """One decoding step: the logits `[batch, 1, vocab]` after `previous` `[batch, 1]`
+        at position `index`, and the updated key/value cache."""
+        return self.text_decoder(previous, memory, mask, cache, index)
+
     def decode(
         self,
         inputs: dict[str, jax.Array],
@@ -406,20 +463,14 @@ class ImpModel(nn.Module):
         (seed 002 §3.3), the head's queries decoded over them. Detection gives
         `class_logits` `[layers, batch, queries, classes + 1]` and `boxes` `[layers, batch,
         queries, 4]`; a classifier `logits` `[batch, classes]` from the last layer."""
-        tokens, masks, positions, out = [], [], [], {}
-        for modality in MODALITIES:
-            if modality in inputs:
-                x = inputs[modality]
-                t, mask, stats = self.encode(modality, x, drop_rate, train, drop_path)
-                tokens.append(t)
-                masks.append(mask)
-                grid = token_grid(self, modality, x.shape[1:])
-                code = grid_positions(grid, self.decoder.width)
-                if self.class_token:
-                    code = jnp.concatenate([jnp.zeros_like(code[:1]), code])
-                positions.append(code)
-                out.update({f"routing/{modality}/{k}": v for k, v in stats.items()})
-        tokens, mask = jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1)
+        tokens, mask, out = self.memory(inputs, drop_rate, train, drop_path)
+        positions = []
+        for modality in (m for m in MODALITIES if m in inputs):
+            grid = token_grid(self, modality, inputs[modality].shape[1:])
+            code = grid_positions(grid, self.decoder.width)
+            if self.class_token:
+                code = jnp.concatenate([jnp.zeros_like(code[:1]), code])
+            positions.append(code)
         queries = self.queries[head](tokens.shape[0])
         hidden = self.decoder(queries, tokens, mask, jnp.concatenate(positions))
         if head in self.detectors:
@@ -438,6 +489,8 @@ class ImpModel(nn.Module):
             self.classifiers[name](out["pooled/vision"])
         for name, *_ in self.decoded:
             self.decode({"text": inputs["text"]}, name)
+        if self.text_decoder is not None:
+            self.text_logits({"text": inputs["text"]}, inputs["text"])
         return out
 
 
@@ -571,6 +624,7 @@ def check_config(model: ImpModel) -> None:
         "temporal_layers, token_learner, views) read whole: use it with a joint encoder",
     )
     _check_decoder(model)
+    _check_text_decoder(model)
     _one_of("router", model.router, ROUTERS)
     _one_of("contrastive_head", model.contrastive_head, CONTRASTIVE_HEADS)
     _one_of("temperature", model.temperature, TEMPERATURES)
@@ -625,6 +679,26 @@ def _check_decoder(model: ImpModel) -> None:
         _one_of(f"decoded['{name}'] kind", kind, DECODED_KINDS)
         validation.at_least(f"the queries of '{name}'", queries, 1)
         validation.at_least(f"the classes of '{name}'", classes, 1)
+
+
+def _check_text_decoder(model: ImpModel) -> None:
+    decoder = model.text_decoder
+    if decoder is None:
+        return
+    validation.require(
+        isinstance(decoder, TextDecoder),
+        f"ImpModel.text_decoder = {decoder!r}: expected @TextDecoder()",
+    )
+    validation.check_fields(decoder, "TextDecoder", scalars_only=True)
+    validation.at_least("TextDecoder.vocab_size", decoder.vocab_size, 0)  # 0: the tasks'
+    for field in ("width", "num_layers", "num_heads", "mlp_dim", "max_length"):
+        validation.at_least(f"TextDecoder.{field}", getattr(decoder, field), 1)
+    validation.require(
+        decoder.width % decoder.num_heads == 0,
+        f"TextDecoder.num_heads = {decoder.num_heads} does not divide TextDecoder.width = "
+        f"{decoder.width}",
+    )
+    _one_of("text decoder's remat_policy", decoder.remat_policy, REMAT_POLICIES)
 
 
 def _check_views(model: ImpModel) -> None:

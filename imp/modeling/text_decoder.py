@@ -36,6 +36,7 @@ from imp.modeling.layers import (
 )
 
 START = 0  # the id each sequence starts from (seqio's pad id, t5x's decoder start)
+EOS = 1  # the id that ends an answer (seqio's SentencePiece vocabularies)
 
 
 class CausalSelfAttention(nn.Module):

@@ -13,6 +13,10 @@ The optimizer gives a direction; how far a step goes along it is the `StepSize`'
 train step applies: the learning rate follows the run's step, and a task may have its own peak
 (`lr_multiplier`), warm-up and weight decay (PolyViT, seed 000 Table 6), so the rate and decay of
 a step are those of the task it trains.
+
+Under a text decoder (the LiT decoder, seed 003), everything else, the encoder, may learn at a
+fraction of the rate (`encoder_lr_multiplier`; seed 003 fine-tunes at 0.1) or not at all (0:
+the encoder is frozen, and the optimizer keeps no state for it).
 """
 
 import dataclasses
@@ -96,6 +100,7 @@ class StepSize:
     warmup_steps: int
     decay_steps: int
     weight_decay: float = 0.0
+    encoder_multiplier: float = 1.0  # of the rate outside `DECODER_COLLECTIONS`
 
     def __call__(self, step) -> jax.Array:
         """The learning rate at `step` (counted from 0)."""
@@ -112,8 +117,13 @@ class StepSize:
             weight_decay=self.weight_decay if task.weight_decay is None else task.weight_decay,
         )
 
+    @property
+    def frozen_encoder(self) -> bool:
+        return self.encoder_multiplier == 0
+
     def update(self, direction, params, step):
-        """The parameter update `-rate(step) * (direction + weight_decay * kernel)`."""
+        """The parameter update `-rate(step) * (direction + weight_decay * kernel)`, the rate
+        times `encoder_multiplier` outside the text decoder."""
         rate = self(step)
         if self.weight_decay:
             direction = jax.tree.map(
@@ -122,7 +132,22 @@ class StepSize:
                 params,
                 kernel_mask(params),
             )
-        return jax.tree.map(lambda d: -rate * d, direction)
+        if self.encoder_multiplier == 1.0:
+            return jax.tree.map(lambda d: -rate * d, direction)
+        scale = {c: 1.0 if c in DECODER_COLLECTIONS else self.encoder_multiplier for c in direction}
+        return {
+            c: jax.tree.map(lambda d, s=scale[c]: -rate * s * d, tree)
+            for c, tree in direction.items()
+        }
+
+
+# The parameter collections of the text decoder; the rest is "the encoder" to
+# `encoder_lr_multiplier`.
+DECODER_COLLECTIONS = ("text_decoder",)
+
+
+def _decoder_only(params) -> dict:
+    return {collection: collection in DECODER_COLLECTIONS for collection in params}
 
 
 # "adam": Adam with one update count per parameter group (seed 004); "sgd": SGD with momentum,
@@ -144,6 +169,7 @@ def make_optimizer(
     decay_steps: int | None = None,
     optimizer: str = "adam",
     momentum: float = 0.9,  # of "sgd"
+    encoder_lr_multiplier: float = 1.0,
 ) -> tuple[optax.GradientTransformation, StepSize]:
     """Returns the optimizer (`OPTIMIZERS`), which gives each step's direction, and the run's
     `StepSize` (learning rate and weight decay), which the train step applies.
@@ -157,6 +183,9 @@ def make_optimizer(
 
     The cosine decays over `decay_steps` (default: the run's `total_steps`); fix it when a
     run will be extended, so that its first part follows the same schedule.
+
+    `encoder_lr_multiplier` scales the rate of every parameter outside the text decoder
+    (`DECODER_COLLECTIONS`); at 0 they are frozen, with no optimizer state.
     """
     for name, value, minimum in (
         ("learning_rate", learning_rate, 0.0),
@@ -165,6 +194,7 @@ def make_optimizer(
         ("b1", b1, 0.0),
         ("b2", b2, 0.0),
         ("eps", eps, 0.0),
+        ("encoder_lr_multiplier", encoder_lr_multiplier, 0.0),
     ):
         validation.at_least(f"make_optimizer.{name}", value, minimum)
     validation.require(
@@ -184,8 +214,14 @@ def make_optimizer(
     if decay_steps is not None:
         validation.at_least("make_optimizer.decay_steps", decay_steps, 1)
     direction = scale_by_group_adam(b1, b2, eps) if optimizer == "adam" else optax.trace(momentum)
+    if encoder_lr_multiplier == 0:
+        direction = optax.masked(direction, _decoder_only)
     clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
     step_size = StepSize(
-        learning_rate, warmup_steps, max(decay_steps or total_steps, 2), weight_decay
+        learning_rate,
+        warmup_steps,
+        max(decay_steps or total_steps, 2),
+        weight_decay,
+        float(encoder_lr_multiplier),
     )
     return optax.chain(*clip, direction), step_size

@@ -23,20 +23,36 @@ def state_shardings(model: ImpModel, tx: optax.GradientTransformation, partition
     boxed = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
     params = partitioner.logical_shardings(boxed)["params"]
     abstract_params = nn.unbox(boxed)["params"]
-    # Copies of the parameter tree in the state (Adam's moments) take the parameters'
-    # shardings; leaves of another shape in such a copy (per-parameter step counts, int32 [])
-    # and everything else are replicated.
-    opt_state = optax.tree_map_params(
-        tx,
-        lambda leaf, sharding, param: (
-            sharding if leaf.shape == param.shape else partitioner.replicated()
-        ),
-        jax.eval_shape(tx.init, abstract_params),
-        params,
-        abstract_params,
-        transform_non_params=lambda _: partitioner.replicated(),
+    # Copies of the parameter tree in the state (Adam's moments, also of a part of the
+    # parameters, as under a frozen encoder) take the parameters' shardings: a leaf whose key
+    # path ends with a parameter's path, in the parameter's shape. Leaves of another shape
+    # (per-parameter step counts, int32 []) and everything else are replicated.
+    by_path = {
+        _keys(path): (sharding, leaf.shape)
+        for (path, sharding), leaf in zip(
+            jax.tree_util.tree_leaves_with_path(params),
+            jax.tree.leaves(abstract_params),
+            strict=True,
+        )
+    }
+
+    def sharding_of(path, leaf):
+        keys = _keys(path)
+        for start in range(len(keys)):
+            sharding, shape = by_path.get(keys[start:], (None, None))
+            if sharding is not None:
+                return sharding if shape == leaf.shape else partitioner.replicated()
+        return partitioner.replicated()
+
+    opt_state = jax.tree_util.tree_map_with_path(
+        sharding_of, jax.eval_shape(tx.init, abstract_params)
     )
     return {"step": partitioner.replicated(), "params": params, "opt_state": opt_state}
+
+
+def _keys(path) -> tuple:
+    """The dictionary keys along a pytree path (tuple and attribute steps left out)."""
+    return tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))
 
 
 def create(
