@@ -4,6 +4,7 @@ imp train [--gin_file F ...] [--gin.NAME=VALUE ...] [--gin_bindings B ...]
 imp model-info [--gin_file F ...] [--gin.NAME=VALUE ...] [--json]
 imp eval --checkpoint_dir DIR [--step N] [--evaluations a,b] [--cross_modal S:T] [--gin_file F ...]
 imp probe-table --checkpoint_dir DIR [--checkpoint_dir DIR ...] --mixture NAME [--json]
+imp generate --checkpoint_dir DIR --task T [--num N] [--beam K | --temperature T [--top_k K]]
 imp ablation NAME [--seeds 3] [--out DIR] [--gin_file F ...] [--gin.NAME=VALUE ...]
                                         (NAME: see `imp ablation --help`)
 imp data demo --out DIR [--seed N] [--num_images N]
@@ -221,6 +222,37 @@ def _eval(args, flag_bindings) -> int:
     return 0
 
 
+def _generate(args, flag_bindings) -> int:
+    """A generation task's answers on held-out examples (the LiT decoder, seed 003)."""
+    from imp import generation
+    from imp.evaluation import checkpoint_eval, generated
+    from imp.training.checkpoint import Checkpointer
+
+    if args.beam is not None and args.temperature is not None:
+        raise ImpError("--beam and --temperature: choose beam search or sampling")
+    run_dir = checkpoint_eval.run_dir_of(args.checkpoint_dir)
+    args.gin_file = [str(run_dir / "config.gin"), *args.gin_file]
+    _configure(args, flag_bindings)
+    from imp.experiment import Experiment
+
+    step = checkpoint_eval.pick_step(run_dir, args.step)
+    experiment = Experiment.from_gin(model_dir=str(run_dir), writable=False, training=False)
+    spec = generated.generation_task(experiment, args.task)
+    if args.temperature is not None:
+        strategy = generation.Strategy("sample", temperature=args.temperature, top_k=args.top_k)
+    elif args.beam is not None:
+        strategy = (
+            generation.Strategy("beam", beams=args.beam) if args.beam > 1 else generation.Strategy()
+        )
+    else:
+        strategy = generation.Strategy.for_task(spec)
+    checkpointer = Checkpointer(run_dir / "checkpoints", read_only=True)
+    params = checkpointer.params(step, experiment.abstract_state["params"])
+    rows = generated.generate(experiment, params, spec, args.num, strategy)
+    print(json.dumps(rows) if args.json else generated.format_rows(spec, strategy, rows))
+    return 0
+
+
 def _probe_table(args, flag_bindings) -> int:
     """Seed 000 Table 9: linear probes of each run on every task of `--mixture`."""
     from imp.evaluation import checkpoint_eval, probe_table
@@ -284,7 +316,7 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     evaluate.add_argument("--step", type=int, help="default: the latest checkpoint")
     evaluate.add_argument(
         "--evaluations",
-        default="classification,zero_shot,retrieval,linear_probe,detection",
+        default="classification,zero_shot,retrieval,linear_probe,detection,generation",
         help="comma-separated subset of these",
     )
     evaluate.add_argument(
@@ -297,6 +329,21 @@ def build_parser(with_benchmarks: bool = False) -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     _gin_parser(evaluate)
     evaluate.set_defaults(run=_eval)
+    generate = commands.add_parser(
+        "generate", help="a generation task's answers on held-out examples (LiT decoder)"
+    )
+    generate.add_argument("--checkpoint_dir", required=True, help="a run dir or its checkpoints/")
+    generate.add_argument("--task", required=True, help="one of the run's generation tasks")
+    generate.add_argument("--step", type=int, help="default: the latest checkpoint")
+    generate.add_argument("--num", type=int, default=8, help="held-out examples (default 8)")
+    generate.add_argument(
+        "--beam", type=int, help="beams of beam search (1: greedy; default: the task's)"
+    )
+    generate.add_argument("--temperature", type=float, help="sample at this temperature")
+    generate.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest")
+    generate.add_argument("--json", action="store_true")
+    _gin_parser(generate)
+    generate.set_defaults(run=_generate)
     probes = commands.add_parser(
         "probe-table", help="linear probes of runs on every task of a mixture (seed 000 Table 9)"
     )

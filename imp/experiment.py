@@ -65,6 +65,7 @@ TASK_OPTIONS = {
     "stochastic_depth": float,
     "head_init": str,
     "queries": int,
+    "beams": int,
 }
 _NO_RUN = (
     "no run is configured ({missing} unbound): the gin files given describe a model, not what "
@@ -82,12 +83,15 @@ def _recipe(
     task_options: dict | None = None,
     seed: int = 0,
     init_from: InitFrom | None = None,
+    mix_in_batch: bool = False,
 ) -> dict:
     """What gin binds as `Experiment.*`: the run directory, its length, what it trains (the
     hook `prepare_data` registers the tasks first), per-task options `{task: {loss_weight,
     lr_multiplier, warmup_steps, weight_decay, head_name, mixup, stochastic_depth,
-    head_init, queries}}`, the seed of initialisation, sampling and data order, and another run's
-    checkpoint to start from (`@InitFrom()`, `imp.training.initialise`)."""
+    head_init, queries, beams}}`, the seed of initialisation, sampling and data order, and
+    another run's checkpoint to start from (`@InitFrom()`, `imp.training.initialise`).
+    `mix_in_batch` mixes the generation tasks that share their input shapes inside each batch
+    (seed 003's batches), rather than alternating them by step."""
     return dict(
         model_dir=model_dir,
         train_steps=train_steps,
@@ -96,6 +100,7 @@ def _recipe(
         task_options=task_options,
         seed=seed,
         init_from=init_from,
+        mix_in_batch=mix_in_batch,
     )
 
 
@@ -222,9 +227,16 @@ class Experiment:
         # tasks that are not in it do not apply.
         strict = "mixture_or_task_name" not in overrides or not overrides["mixture_or_task_name"]
         tasks = _with_options([spec for spec, _ in resolved], recipe["task_options"], strict)
+        rates = [rate for _, rate in resolved]
+        validation.require(
+            isinstance(recipe["mix_in_batch"], bool),
+            f"Experiment.mix_in_batch = {recipe['mix_in_batch']!r}: expected a bool",
+        )
+        if recipe["mix_in_batch"]:
+            tasks, rates = mixed_in_batch(tasks, rates)
         return cls(
             tasks=tuple(tasks),
-            rates=tuple(rate for _, rate in resolved),
+            rates=tuple(rates),
             model=model,
             train_steps=train_steps,
             tx=tx,
@@ -487,9 +499,49 @@ def _one_per_head(tasks, entry_of, what: str, fields: str) -> tuple[tuple, ...]:
     return tuple(sorted(entries.values()))
 
 
+def mixed_in_batch(tasks: list[TaskSpec], rates: list[float]) -> tuple[list[TaskSpec], list[float]]:
+    """The generation tasks with equal inputs (modalities, shapes, batch, sequence length)
+    merged into one task per group, whose batches draw each example from a member by the
+    members' rates (seed 003 §5.3 mixes tasks inside its batches); the group trains at their
+    summed rate. The other tasks stay as they are."""
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(tasks):
+        if spec.objective == GENERATION:
+            key = (spec.modalities, tuple(spec.input_shapes().items()), spec.batch_size)
+            groups.setdefault(key + (spec.decoder_length, spec.vocab_size), []).append(i)
+    merged = {ids[0]: ids for ids in groups.values() if len(ids) > 1}
+    validation.require(
+        bool(merged),
+        f"Experiment.mix_in_batch = True: no two tasks of the mixture can share a batch "
+        f"(generation tasks with equal inputs; the mixture has {[s.name for s in tasks]})",
+    )
+    in_group = {i for ids in merged.values() for i in ids}
+    out_tasks, out_rates = [], []
+    for i, spec in enumerate(tasks):
+        if i in merged:
+            members = tuple(tasks[j] for j in merged[i])
+            total = sum(rates[j] for j in merged[i])
+            out_tasks.append(
+                dataclasses.replace(
+                    spec,
+                    name="+".join(m.name for m in members),
+                    num_examples=sum(m.num_examples for m in members),
+                    prompt="",
+                    prompt_ids=((), ()),
+                    members=members,
+                    member_weights=tuple(rates[j] / total for j in merged[i]),
+                )
+            )
+            out_rates.append(total)
+        elif i not in in_group:
+            out_tasks.append(spec)
+            out_rates.append(rates[i])
+    return out_tasks, out_rates
+
+
 def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> list[TaskSpec]:
     """`Experiment.task_options` (task -> {loss_weight, lr_multiplier, warmup_steps,
-    weight_decay, head_name, mixup, stochastic_depth, head_init, queries}) applied; with
+    weight_decay, head_name, mixup, stochastic_depth, head_init, queries, beams}) applied; with
     `strict`, each task named must be one of `tasks`."""
     if options is None:
         return tasks
@@ -519,6 +571,7 @@ def _with_options(tasks: list[TaskSpec], options: dict | None, strict: bool) -> 
         validation.at_least(f"{where}['weight_decay']", fields.get("weight_decay", 0.0), 0.0)
         validation.at_least(f"{where}['mixup']", fields.get("mixup", 0.0), 0.0)
         validation.at_least(f"{where}['queries']", fields.get("queries", 0), 0)
+        validation.at_least(f"{where}['beams']", fields.get("beams", 0), 0)
         validation.require(
             fields.get("head_init", "zeros") in HEAD_INITS,
             f"{where}['head_init'] = {fields.get('head_init')!r}: choose from {tuple(HEAD_INITS)}",

@@ -352,6 +352,8 @@ def _check(dataset: Dataset) -> None:
             raise ImpError(f"{where}: task '{suffix}' ({objective}) needs class_names")
         if text_source == "labels" and not dataset.class_names:
             raise ImpError(f"{where}: task '{suffix}' takes its text from labels: set class_names")
+        if objective == GENERATION and dataset.eval_clips * dataset.eval_crops > 1:
+            raise ImpError(f"{where}: task '{suffix}' (generation) evaluates one view per example")
         if objective == GENERATION and not dataset.vocabulary:
             raise ImpError(
                 f"{where}: task '{suffix}' (generation) writes text: set Dataset.vocabulary "

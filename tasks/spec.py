@@ -72,6 +72,11 @@ class TaskSpec:
     prompt_ids: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
     decoder_length: int = 0
     vocabulary: str = ""
+    beams: int = 0  # of its evaluation's beam search (1: greedy); 0 = `num_beams`' default
+    # Tasks whose examples this one mixes inside each training batch, and their weights
+    # (seed 003's batches; `Experiment.mix_in_batch`); each evaluates as itself.
+    members: tuple["TaskSpec", ...] = ()
+    member_weights: tuple[float, ...] = ()
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -138,10 +143,10 @@ class TaskSpec:
         return PROMPT_TEXT in self.prompt
 
     @property
-    def beams(self) -> int:
-        """Seed 003 §5.8's decoding: beam search with 4 beams for captions, greedy (1) for
-        class names and answers."""
-        return 4 if self.text_source == "captions" else 1
+    def num_beams(self) -> int:
+        """Beams of the evaluation's decoding: `beams`, else seed 003 §5.8's, beam search with
+        4 beams for captions and greedy (1) for class names and answers."""
+        return self.beams or (4 if self.text_source == "captions" else 1)
 
     @property
     def has_captions(self) -> bool:

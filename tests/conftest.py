@@ -51,6 +51,8 @@ LONGEST_FIRST = (  # measured with --durations=0; the rest are short
     "test_step.py",
     "test_unit.py",
     "test_decoder.py",
+    "test_lit.py",
+    "test_decoding.py",
     "test_ablation.py",
     "test_convert.py",
     "test_surgery.py",

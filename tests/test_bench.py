@@ -39,12 +39,14 @@ CASES = {
         "--samples",
         "512",
     ],
+    "decode": ["--size", "micro", "--batch", "2", "--length", "8", "--prompt", "2", "--beams", "2"],
 }
 ROW_KEYS = {
     "scan_compile": {"layers", "scan_median_s", "unrolled_median_s", "speedup"},
     "remat": {"policy", "peak_MiB", "temp_MiB", "step_median_s", "memory_saved"},
     "graph_table": {"compilation", "compile_s"},
     "agd_vs_mixed": {"step", "useful_tokens", "useful_tokens_per_s", "peak_MiB"},
+    "decode": {"decoding", "cache", "median_s", "tokens_per_s"},
 }
 
 
@@ -61,6 +63,8 @@ def test_benchmark_emits_its_report(capsys, name):
         assert ROW_KEYS[name] <= set(row), row
     for claim in report["claims"]:
         assert {"claim", "paper", "measured", "verdict"} <= set(claim)
+    if name == "decode":  # greedy with and without the cache chose the same tokens
+        assert "same tokens: True" in report["claims"][0]["measured"]
 
 
 def test_moe_overhead_and_its_expert_layout_child(capsys, monkeypatch):

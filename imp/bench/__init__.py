@@ -1,4 +1,5 @@
-"""`imp bench NAME`: the systems claims of seed 004 §3.1-3.3, measured on this machine.
+"""`imp bench NAME`: the systems claims of seed 004 §3.1-3.3 (and the LiT decoder's decoding
+speed, `decode`), measured on this machine.
 
 Each benchmark module has `add_arguments(parser)` and `run(args) -> common.Report`; the
 results and the commands that produced them are in docs/benchmarks.md.
@@ -12,4 +13,5 @@ BENCHMARKS = (
     "moe_overhead",
     "throughput",
     "input_pipeline",
+    "decode",
 )

@@ -8,6 +8,7 @@ error (no files, a corrupt record, a missing or malformed feature) stops the str
 """
 
 import collections
+import functools
 import re
 from collections.abc import Callable, Iterator
 
@@ -37,8 +38,8 @@ def _select_and_pad(keep: tuple[str, ...], length: int):
 def _labels_kept(spec: TaskSpec, with_labels: bool) -> tuple[str, ...]:
     if spec.objective == DETECTION:
         return ("object_labels", "object_boxes")
-    if spec.objective == GENERATION:  # training: the sequence; evaluation: what answers it
-        return ("decoder_tokens", "prompt_length", "label")
+    if spec.objective == GENERATION:  # training: the sequence; evaluation: the question
+        return ("decoder_tokens", "prompt_length", "label", "text")  # and the class name
     if spec.objective == "bce":
         return ("labels", "label") if with_labels else ("labels",)
     return ("label",) if with_labels or spec.objective == "softmax" else ()
@@ -69,7 +70,9 @@ def dataset(
     Training streams shuffle and repeat forever and drop partial batches; evaluation streams
     read the split once, in order, keeping the last partial batch. Each host reads its share:
     files i mod count, or (evaluation with fewer files than hosts) examples i mod count.
-    `shard` = (index, count) overrides the process index and count.
+    `shard` = (index, count) overrides the process index and count. A task that mixes
+    others inside its batches (`TaskSpec.members`, `Experiment.mix_in_batch`) draws each
+    training example from one of them, by their weights.
     """
     index, count = shard or (jax.process_index(), jax.process_count())
     global_batch = batch_size or spec.batch_size
@@ -77,6 +80,41 @@ def dataset(
         raise ImpError(
             f"task '{spec.name}': batch {global_batch} does not split over {count} hosts"
         )
+    read = functools.partial(
+        _examples,
+        split=split,
+        seed=seed,
+        train=train,
+        shard=(index, count),
+        with_labels=with_labels,
+        with_captions=with_captions,
+    )
+    if spec.members:  # tasks mixed inside each batch, each example drawn by the weights
+        if not train:
+            raise ImpError(f"task '{spec.name}' mixes tasks in training; evaluate its members")
+        streams = [read(member) for member in spec.members]
+        ds = tf.data.Dataset.sample_from_datasets(
+            streams, weights=list(spec.member_weights), seed=seed
+        )
+    else:
+        ds = read(spec)
+    ds = ds.batch(global_batch // count, drop_remainder=train)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
+
+
+def _examples(
+    spec: TaskSpec,
+    split: str,
+    seed: int,
+    train: bool,
+    shard: tuple[int, int],
+    with_labels: bool,
+    with_captions: bool,
+) -> tf.data.Dataset:
+    """This host's examples of one task, unbatched: its inputs and what its objective reads."""
+    index, count = shard
     name = task_name(spec, train)
     task = seqio.get_mixture_or_task(name)
     _check_files(spec, task, split, count if train else 1)
@@ -94,11 +132,7 @@ def dataset(
         *_labels_kept(spec, with_labels),
         *(("captions",) if with_captions else ()),
     )
-    ds = ds.map(_select_and_pad(keep, spec.text_length), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(global_batch // count, drop_remainder=train)
-    if skip_batches:
-        ds = ds.skip(skip_batches)
-    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
+    return ds.map(_select_and_pad(keep, spec.text_length), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _check_files(spec: TaskSpec, task: seqio.Task, split: str, hosts: int) -> None:

@@ -14,7 +14,10 @@ and spatial crops averaged when `Dataset.eval_clips` x `eval_crops` > 1; every c
 * `detection`: COCO's box AP, AP50 and AP75 (pycocotools) of a detection task's last decoder
   layer (UniT, seed 002), with a figure of predicted and true boxes on a few held-out images
   when a folder for figures is given. A decoded classifier (UniT's VQA) reports top-1 under
-  `classification`.
+  `classification`;
+* `generation`: a generation task's answers, decoded as seed 003 §5.8 does (beam search for
+  captions, greedy otherwise; `imp.generation`): exact match against the class name, or
+  BLEU-4 and CIDEr (pycocoevalcap) against the captions.
 
 Every metric comes with its chance level. Each process encodes its share of the examples on
 the experiment's mesh (inputs sharded over the batch axes, as in training); the encoded
@@ -34,16 +37,24 @@ import seqio
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
+from imp import generation
 from imp.data import feeding
 from imp.errors import ImpError, did_you_mean
 from imp.evaluation import figures, metrics
-from imp.tasks.spec import CLASSIFICATION, DETECTION, TaskSpec
+from imp.tasks.spec import CLASSIFICATION, DETECTION, GENERATION, TaskSpec
 from imp.training.graph_table import signature
 
 if TYPE_CHECKING:
     from imp.experiment import Experiment
 
-EVALUATIONS = ("classification", "zero_shot", "retrieval", "linear_probe", "detection")
+EVALUATIONS = (
+    "classification",
+    "zero_shot",
+    "retrieval",
+    "linear_probe",
+    "detection",
+    "generation",
+)
 PROBE_EXAMPLES = 2000  # training examples the linear probe fits
 _OUTPUTS = ("embedding/", "pooled/", "logits", "class_logits", "boxes")
 _OBJECTS = ("object_labels", "object_boxes")
@@ -59,16 +70,19 @@ def check_evaluations(names) -> None:
 
 def tasks_to_evaluate(tasks) -> dict[str, TaskSpec]:
     """Resolution variants of a task evaluate identically (on their data set's evaluation
-    Task); the first of each, base variants first."""
+    Task); the first of each, base variants first. Tasks mixed inside a batch evaluate each
+    as itself."""
     kept = {}
+    tasks = [member for s in tasks for member in (s.members or (s,))]
     for s in sorted(tasks, key=lambda s: s.variant != "base"):
-        kept.setdefault((s.eval_task or s.name, s.objective, s.modalities), s)
+        key = (s.eval_task or s.name, s.objective, s.modalities, s.prompt, s.text_source)
+        kept.setdefault(key, s)
     return {s.name: s for s in kept.values()}
 
 
 def _sources(spec: TaskSpec) -> list[str]:
     """The non-text inputs a contrastive task embeds (classifiers give logits instead)."""
-    if spec.objective in CLASSIFICATION:
+    if spec.objective in (*CLASSIFICATION, GENERATION):
         return []
     return [m for m in spec.modalities if m != "text"]
 
@@ -94,6 +108,8 @@ def metric_names(spec: TaskSpec, evaluations) -> list[str]:
         names.append(f"linear_probe_top1/{probe}")
     if "detection" in evaluations and spec.objective == DETECTION:
         names += ["AP", "AP50", "AP75"]
+    if "generation" in evaluations and spec.objective == GENERATION:
+        names += ["BLEU-4", "CIDEr"] if spec.text_source == "captions" else ["exact_match"]
     return names
 
 
@@ -121,29 +137,47 @@ class Encoder:
         self.compiled = experiment.compiled_forwards
 
     def __call__(
-        self, inputs: dict[str, np.ndarray], head: str | None = None, decoded: bool = False
+        self,
+        inputs: dict[str, np.ndarray],
+        head: str | None = None,
+        decoded: bool = False,
+        strategy: generation.Strategy | None = None,
     ) -> dict:
         """Embeddings, pooled features and logits of this process's `inputs` rows; with
-        `decoded`, the query decoder's outputs for `head` (detection: its last layer's)."""
+        `decoded`, the query decoder's outputs for `head` (detection: its last layer's); with
+        a decoding `strategy`, the text decoder's sequences (`generate`)."""
         n = len(next(iter(inputs.values())))
         calls = _max_over_processes(-(-n // self.rows))
         outs = []
         for c in range(calls):
             start = c * self.rows
             chunk = {k: _pad(v[start : start + self.rows], self.rows) for k, v in inputs.items()}
-            out = self._apply(chunk, head, decoded)
+            out = self._apply(chunk, head, decoded, strategy)
             outs.append({k: v[: max(0, min(self.rows, n - start))] for k, v in out.items()})
         return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]} if outs else {}
 
+    def generate(self, inputs: dict[str, np.ndarray], strategy: generation.Strategy) -> np.ndarray:
+        """The text decoder's sequences `[rows, decoder_length]` for this process's `inputs`
+        rows, which hold the prompts (`prompt_ids`, `prompt_lengths`)."""
+        return self(inputs, strategy=strategy)["generated"]
+
     def _apply(
-        self, chunk: dict[str, np.ndarray], head: str | None, decoded: bool
+        self,
+        chunk: dict[str, np.ndarray],
+        head: str | None,
+        decoded: bool,
+        strategy: generation.Strategy | None = None,
     ) -> dict[str, np.ndarray]:
         batch = self.partitioner.shard_batch(chunk)
-        key = (head, decoded, signature(batch))
+        key = (head, decoded, strategy, signature(batch))
         if key not in self.compiled:
             method = type(self.model).decode if decoded else type(self.model).__call__
 
             def forward(params, inputs):
+                if strategy is not None:
+                    prompts = inputs.pop("prompt_ids"), inputs.pop("prompt_lengths")
+                    text = generation.generate(self.model, params, inputs, *prompts, strategy)
+                    return {"generated": text}
                 out = self.model.apply({"params": params}, inputs, head=head, method=method)
                 last = {k: out[k][-1] for k in ("class_logits", "boxes") if k in out}
                 return {k: v for k, v in (out | last).items() if k.startswith(_OUTPUTS)}
@@ -218,7 +252,7 @@ def encode_split(
     options = dict(
         batch_size=encoder.batch_size,
         with_labels=bool(spec.class_names),
-        with_captions=spec.has_captions,
+        with_captions=spec.reads_captions,
     )
     stream = feeding.batches(spec, split, 0, train=False, **options)
     limit = None if max_examples is None else -(-max_examples // jax.process_count())
@@ -274,7 +308,14 @@ def _encode_batch(encoder: Encoder, spec: TaskSpec, batch: dict) -> dict:
     for key, value in encoder(flat, spec.output_head, spec.decoded).items():
         value = value.reshape(n, views, *value.shape[1:]).mean(1)
         out[key] = metrics.normalise(value) if key.startswith("embedding/") else value
-    if "captions" in batch:
+    if spec.objective == GENERATION:
+        prompt_ids, lengths = generation.prompts(spec, batch.get("text"), n)
+        rows = {**flat, "prompt_ids": prompt_ids, "prompt_lengths": lengths}
+        out["generated"] = encoder.generate(rows, generation.Strategy.for_task(spec))
+        out["prompt_length"] = lengths
+    if "captions" in batch and spec.objective == GENERATION:
+        out["caption_tokens"] = batch["captions"]
+    elif "captions" in batch:
         captions = batch["captions"]  # [batch, K, L]; the batch may be empty
         _, k, length = captions.shape
         embedded = encoder({"text": captions.reshape(n * k, length)})
@@ -364,7 +405,27 @@ def _metrics(encoder: Encoder, spec: TaskSpec, data: dict, evaluations) -> dict[
         )
         # AP has no chance level to speak of: a box must land on an object.
         results.update({name: {"value": value, "chance": None} for name, value in found.items()})
+    if "generation" in evaluations and spec.objective == GENERATION:
+        results.update(_generation(spec, data))
     return results
+
+
+def _generation(spec: TaskSpec, data: dict) -> dict[str, dict]:
+    """Exact match of class names and answers (chance: one class in `num_classes`), or
+    caption scores (no chance level)."""
+    vocab = generation.vocabulary(spec)
+    answers = generation.texts(vocab, data["generated"], data["prompt_length"])
+    if spec.text_source == "captions":
+        references = generation.references(spec, vocab, {"captions": data["caption_tokens"]})
+        found = metrics.caption_scores(answers, references)
+        return {name: {"value": value, "chance": None} for name, value in found.items()}
+    references = generation.references(spec, vocab, data)
+    return {
+        "exact_match": {
+            "value": metrics.exact_match(answers, references),
+            "chance": 1.0 / spec.num_classes,
+        }
+    }
 
 
 def _retrieval(data: dict, sources: list[str]) -> dict[str, dict]:

@@ -206,3 +206,39 @@ def detection_ap(
         evaluation.summarize()
     ap, ap50, ap75 = (float(max(v, 0.0)) for v in evaluation.stats[:3])
     return {"AP": ap, "AP50": ap50, "AP75": ap75}
+
+
+def exact_match(answers: list[str], references: list[list[str]]) -> float:
+    """The share of answers equal to one of their references (seed 003's accuracy for
+    classification and questions as text: only exact strings count), spaces at the ends
+    aside."""
+    if not answers:
+        raise ImpError("exact match: no answers")
+    hits = [
+        a.strip() in {r.strip() for r in refs} for a, refs in zip(answers, references, strict=True)
+    ]
+    return float(np.mean(hits))
+
+
+def caption_scores(answers: list[str], references: list[list[str]]) -> dict[str, float]:
+    """BLEU-4 and CIDEr (COCO's caption evaluation, `pycocoevalcap`) of generated captions
+    against each one's references. Captions are compared as lower-case words split at spaces
+    (the demo's captions hold no punctuation for the PTB tokenizer, which needs Java)."""
+    import contextlib
+    import io
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if not answers or any(not refs for refs in references):
+        raise ImpError("caption scores: every caption needs at least one reference")
+
+    def words(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    truth = {i: [words(r) for r in refs] for i, refs in enumerate(references)}
+    generated = {i: [words(a)] for i, a in enumerate(answers)}
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its lengths
+        bleu, _ = Bleu(4).compute_score(truth, generated, verbose=0)
+        cider, _ = Cider().compute_score(truth, generated)
+    return {"BLEU-4": float(bleu[3]), "CIDEr": float(cider)}

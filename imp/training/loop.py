@@ -82,7 +82,13 @@ class TrainOptions:
     compilation_cache: str | None = "run"
     max_bad_steps: int = 5
     gradient_similarity_every: int = 0
-    end_evaluations: Sequence[str] = ("classification", "zero_shot", "retrieval", "detection")
+    end_evaluations: Sequence[str] = (
+        "classification",
+        "zero_shot",
+        "retrieval",
+        "detection",
+        "generation",
+    )
     eval_every: int = 0
     best_metric: str | None = None
 

@@ -76,6 +76,7 @@ class TaskLoss:
     label_smoothing: float = 0.0
     compute_dtype: str = "float32"
     text_label_smoothing: float = 0.1  # of generation tasks (seed 003 fixes 0.1)
+    set_weights: objectives.SetWeights = objectives.SetWeights()  # of detection tasks
 
     def __post_init__(self):
         validation.check_fields(self, "TaskLoss")
@@ -86,14 +87,22 @@ class TaskLoss:
             "text_label_smoothing",
         ):
             validation.at_least(f"TaskLoss.{name}", getattr(self, name), 0.0)
-        validation.require(
-            self.label_smoothing < 1.0,
-            f"TaskLoss.label_smoothing = {self.label_smoothing}: expected a number in [0, 1)",
-        )
+        for name in ("label_smoothing", "text_label_smoothing"):
+            validation.require(
+                getattr(self, name) < 1.0,
+                f"TaskLoss.{name} = {getattr(self, name)}: expected a number in [0, 1)",
+            )
         validation.require(
             self.compute_dtype in COMPUTE_DTYPES,
             f"TaskLoss.compute_dtype = {self.compute_dtype!r}: choose from {COMPUTE_DTYPES}",
         )
+        validation.require(
+            isinstance(self.set_weights, objectives.SetWeights),
+            f"TaskLoss.set_weights = {self.set_weights!r}: expected @SetWeights()",
+        )
+        validation.check_fields(self.set_weights, "SetWeights")
+        for name in ("classification", "l1", "giou", "no_object"):
+            validation.at_least(f"SetWeights.{name}", getattr(self.set_weights, name), 0.0)
 
     def __call__(
         self, model: ImpModel, task: TaskSpec, params, batch: dict, rng: jax.Array
@@ -136,6 +145,7 @@ class TaskLoss:
                 jnp.maximum(labels, 0),
                 batch["object_boxes"],
                 labels >= 0,
+                self.set_weights,
             )
         elif task.objective == GENERATION:
             loss, metrics = objectives.text_cross_entropy(
