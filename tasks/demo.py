@@ -124,30 +124,21 @@ def register_demo(
         if audio_classification and name == "video":
             tasks = {**tasks, "audio_cls": ("softmax", ("spectrogram",))}
         info = manifest["datasets"][name]
-        splits = info["splits"]
-        dataset = datasets.Dataset(
-            name=f"digit_{name}s",
-            file_patterns={split: str(root / s["file_pattern"]) for split, s in splits.items()},
-            num_examples={split: s["num_examples"] for split, s in splits.items()},
+        dataset = _dataset(
+            root,
+            manifest,
+            name,
+            f"digit_{name}s",
+            batch_size,
+            text_length,
             tasks=tasks,
-            vocabulary=str(root / manifest["vocabulary"]),
-            class_names=tuple(info["class_names"]),
             class_prompts=_class_prompts(name),
-            batch_size=batch_size,
-            frames=info["frames"],
-            height=info["height"],
-            width=info["width"],
-            # Mild crops only, and no flips: mirroring would swap "left" and "right" and
-            # mirror the digits.
-            crop_scale=(0.8, 1.0),
-            flip=False,
             fps=info.get("fps", 25.0),
             sample_rate=info.get("sample_rate", 16000),
             num_samples=info.get("num_samples", 0),
             mel_frame_length=200,
             mel_frame_step=80,
             mel_bins=32,
-            text_length=text_length,
             max_captions=2,
         )
         registered += datasets.register_dataset(dataset)
@@ -161,20 +152,15 @@ def _register_unit(root: Path, manifest: dict, batch_size: int, text_length: int
     names = []
     for name, (files, tasks) in _UNIT_TASKS.items():
         info = manifest["datasets"][files]
-        dataset = datasets.Dataset(
-            name=name,
-            file_patterns={s: str(root / v["file_pattern"]) for s, v in info["splits"].items()},
-            num_examples={s: v["num_examples"] for s, v in info["splits"].items()},
+        dataset = _dataset(
+            root,
+            manifest,
+            files,
+            name,
+            batch_size,
+            text_length,
             tasks=tasks,
-            vocabulary=str(root / manifest["vocabulary"]),
-            class_names=tuple(info["class_names"]),
-            batch_size=batch_size,
-            height=info["height"],
-            width=info["width"],
-            crop_scale=(0.8, 1.0),
-            flip=False,
             multi_resolution=False,
-            text_length=text_length,
             max_objects=info.get("max_objects", 0),
         )
         names += [spec.name for spec, _ in datasets.register_dataset(dataset)]
@@ -187,27 +173,50 @@ def _register_lit(
     """The LiT decoder's data sets and tasks (`_LIT_TASKS`) and `lit_demo`."""
     registered = []
     for name, (files, *tasks) in _LIT_TASKS.items():
-        info = manifest["datasets"][files]
-        dataset = datasets.Dataset(
-            name=name,
-            file_patterns={s: str(root / v["file_pattern"]) for s, v in info["splits"].items()},
-            num_examples={s: v["num_examples"] for s, v in info["splits"].items()},
+        dataset = _dataset(
+            root,
+            manifest,
+            files,
+            name,
+            batch_size,
+            text_length,
             tasks={suffix: ("generation", ("vision",), text) for suffix, text in tasks},
             prompts={s: demo_world.PROMPTS[s] if prompts else "" for s, _ in tasks},
-            vocabulary=str(root / manifest["vocabulary"]),
-            class_names=tuple(info["class_names"]),
-            batch_size=batch_size,
-            frames=info["frames"],
-            height=info["height"],
-            width=info["width"],
-            crop_scale=(0.8, 1.0),
-            flip=False,
             multi_resolution=False,
-            text_length=text_length,
             max_captions=2,
         )
         registered += datasets.register_dataset(dataset)
     registry.register_mixture(LIT_MIXTURE, [(spec.name, w) for spec, w in registered])
+
+
+def _dataset(
+    root: Path,
+    manifest: dict,
+    files: str,
+    name: str,
+    batch_size: int,
+    text_length: int,
+    **fields,
+) -> datasets.Dataset:
+    """A `Dataset` named `name` over the demo world's data set `files`, with its shapes,
+    classes and vocabulary, mild crops and no flips (mirroring would swap "left" and "right"
+    and mirror the digits), and `fields`."""
+    info = manifest["datasets"][files]
+    return datasets.Dataset(
+        name=name,
+        file_patterns={s: str(root / v["file_pattern"]) for s, v in info["splits"].items()},
+        num_examples={s: v["num_examples"] for s, v in info["splits"].items()},
+        vocabulary=str(root / manifest["vocabulary"]),
+        class_names=tuple(info["class_names"]),
+        batch_size=batch_size,
+        frames=info["frames"],
+        height=info["height"],
+        width=info["width"],
+        crop_scale=(0.8, 1.0),
+        flip=False,
+        text_length=text_length,
+        **fields,
+    )
 
 
 def _class_prompts(dataset: str) -> tuple[tuple[str, ...], ...]:

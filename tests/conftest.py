@@ -127,6 +127,19 @@ def demo_bindings(
     ]
 
 
+def small_run(run_dir, world_dir, steps: int = 2) -> list[str]:
+    """Bindings of a run file's own mixture at test size: `steps` steps on the small world,
+    batch 8, no evaluation at the end."""
+    return [
+        f"MODEL_DIR = '{run_dir}'",
+        f"TRAIN_STEPS = {steps}",
+        f"prepare_demo.data_dir = '{world_dir}'",
+        f"prepare_demo.num_images = {WORLD_IMAGES}",
+        "prepare_demo.batch_size = 8",
+        "train.evaluate_at_end = False",
+    ]
+
+
 PAIR = "test_pair"  # two tasks of different objectives: all a loop test needs
 
 

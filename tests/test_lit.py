@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHARED, TINY, WORLD_IMAGES
+from conftest import SHARED, TINY, small_run
 
 from imp import cli, config, generation, objectives
 from imp.data import demo_world, feeding
@@ -29,12 +29,7 @@ DECODER = [
 
 def _bindings(world_dir, run_dir, *extra):
     return [
-        f"MODEL_DIR = '{run_dir}'",
-        "TRAIN_STEPS = 2",
-        f"prepare_demo.data_dir = '{world_dir}'",
-        f"prepare_demo.num_images = {WORLD_IMAGES}",
-        "prepare_demo.batch_size = 8",
-        "train.evaluate_at_end = False",
+        *small_run(run_dir, world_dir),
         "Experiment.init_from = None",
         *DECODER,
         *SHARED,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SHARED, TINY, WORLD_IMAGES
+from conftest import SHARED, TINY, small_run
 
 from imp import cli
 from imp.data import dmvr, scenes
@@ -98,12 +98,7 @@ def test_detection_ap_by_pycocotools():
 def test_unit_demo_trains_and_imp_eval_reports_ap_and_vqa_accuracy(world_dir, tmp_path, capsys):
     run_dir = tmp_path / "unit"
     bindings = [
-        f"MODEL_DIR = '{run_dir}'",
-        "TRAIN_STEPS = 2",
-        f"prepare_demo.data_dir = '{world_dir}'",
-        f"prepare_demo.num_images = {WORLD_IMAGES}",
-        "prepare_demo.batch_size = 8",
-        "train.evaluate_at_end = False",
+        *small_run(run_dir, world_dir),
         "QueryDecoder.width = 32",
         "QueryDecoder.num_layers = 1",
         "QueryDecoder.num_heads = 2",

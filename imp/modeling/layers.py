@@ -107,27 +107,7 @@ class SelfAttention(nn.Module):
     ) -> jax.Array:
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
-        xavier = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
-        w_qkv = param_with_axes(
-            self,
-            "qkv_kernel",
-            xavier,
-            (d_model, 3, self.num_heads, head_dim),
-            ("embed", None, "heads", "kv"),
-        )
-        b_qkv = param_with_axes(
-            self,
-            "qkv_bias",
-            nn.initializers.zeros,
-            (3, self.num_heads, head_dim),
-            (None, "heads", "kv"),
-        )
-        # Heads before length in q, k, v and the attention output, so that both attention
-        # dots are plain batched matmuls over (batch, heads); with length first, XLA:CPU
-        # transposed around them and the forward attention took 1.45x as long (d 256,
-        # batch 32, 256 tokens: 211 -> 145 ms a layer; `imp bench throughput --profile`).
-        qkv = jnp.einsum("bld,dthk->tbhlk", x, w_qkv) + b_qkv[:, None, :, None]
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [batch, heads, length, kv]
+        q, k, v = qkv_projection(self, x, self.num_heads)  # [batch, heads, length, kv]
         if self.qk_layernorm:
             q, k = _qk_norm("q_norm")(q), _qk_norm("k_norm")(k)
         q = q / jnp.sqrt(head_dim).astype(x.dtype)
@@ -136,6 +116,29 @@ class SelfAttention(nn.Module):
         else:
             out = dot_product_attention(q, k, v, mask)
         return output_projection(self, out, d_model)
+
+
+def qkv_projection(module: nn.Module, x: jax.Array, num_heads: int) -> jax.Array:
+    """Queries, keys and values `[3, batch, heads, length, head_dim]` of `x` `[batch, length,
+    embed]` (parameters `qkv_kernel`, `qkv_bias` of `module`)."""
+    d_model = x.shape[-1]
+    head_dim = d_model // num_heads
+    xavier = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
+    w_qkv = param_with_axes(
+        module,
+        "qkv_kernel",
+        xavier,
+        (d_model, 3, num_heads, head_dim),
+        ("embed", None, "heads", "kv"),
+    )
+    b_qkv = param_with_axes(
+        module, "qkv_bias", nn.initializers.zeros, (3, num_heads, head_dim), (None, "heads", "kv")
+    )
+    # Heads before length in q, k, v and the attention output, so that both attention dots are
+    # plain batched matmuls over (batch, heads); with length first, XLA:CPU transposed around
+    # them and the forward attention took 1.45x as long (d 256, batch 32, 256 tokens: 211 ->
+    # 145 ms a layer; `imp bench throughput --profile`).
+    return jnp.einsum("bld,dthk->tbhlk", x, w_qkv) + b_qkv[:, None, :, None]
 
 
 def output_projection(module: nn.Module, out: jax.Array, d_model: int) -> jax.Array:

@@ -662,19 +662,7 @@ def _check_decoder(model: ImpModel) -> None:
             "= @QueryDecoder()",
         )
         return
-    validation.require(
-        isinstance(decoder, QueryDecoder),
-        f"ImpModel.decoder = {decoder!r}: expected @QueryDecoder()",
-    )
-    validation.check_fields(decoder, "QueryDecoder", scalars_only=True)
-    for field in ("width", "num_layers", "num_heads", "mlp_dim"):
-        validation.at_least(f"QueryDecoder.{field}", getattr(decoder, field), 1)
-    validation.require(
-        decoder.width % decoder.num_heads == 0,
-        f"QueryDecoder.num_heads = {decoder.num_heads} does not divide QueryDecoder.width = "
-        f"{decoder.width}",
-    )
-    _one_of("decoder's remat_policy", decoder.remat_policy, REMAT_POLICIES)
+    _check_decoder_fields(decoder, "decoder", QueryDecoder)
     for name, kind, classes, queries in model.decoded:
         _one_of(f"decoded['{name}'] kind", kind, DECODED_KINDS)
         validation.at_least(f"the queries of '{name}'", queries, 1)
@@ -685,20 +673,26 @@ def _check_text_decoder(model: ImpModel) -> None:
     decoder = model.text_decoder
     if decoder is None:
         return
-    validation.require(
-        isinstance(decoder, TextDecoder),
-        f"ImpModel.text_decoder = {decoder!r}: expected @TextDecoder()",
-    )
-    validation.check_fields(decoder, "TextDecoder", scalars_only=True)
+    _check_decoder_fields(decoder, "text_decoder", TextDecoder)
+    validation.at_least("TextDecoder.max_length", decoder.max_length, 1)
     validation.at_least("TextDecoder.vocab_size", decoder.vocab_size, 0)  # 0: the tasks'
-    for field in ("width", "num_layers", "num_heads", "mlp_dim", "max_length"):
-        validation.at_least(f"TextDecoder.{field}", getattr(decoder, field), 1)
+
+
+def _check_decoder_fields(decoder, field: str, kind: type) -> None:
+    """`ImpModel.<field>` is a `kind` with positive sizes, heads that divide its width, and a
+    known remat policy."""
+    name = kind.__name__
+    validation.require(
+        isinstance(decoder, kind), f"ImpModel.{field} = {decoder!r}: expected @{name}()"
+    )
+    validation.check_fields(decoder, name, scalars_only=True)
+    for size in ("width", "num_layers", "num_heads", "mlp_dim"):
+        validation.at_least(f"{name}.{size}", getattr(decoder, size), 1)
     validation.require(
         decoder.width % decoder.num_heads == 0,
-        f"TextDecoder.num_heads = {decoder.num_heads} does not divide TextDecoder.width = "
-        f"{decoder.width}",
+        f"{name}.num_heads = {decoder.num_heads} does not divide {name}.width = {decoder.width}",
     )
-    _one_of("text decoder's remat_policy", decoder.remat_policy, REMAT_POLICIES)
+    _one_of(f"{name}.remat_policy", decoder.remat_policy, REMAT_POLICIES)
 
 
 def _check_views(model: ImpModel) -> None:

@@ -33,6 +33,7 @@ from imp.modeling.layers import (
     dot_product_attention,
     output_projection,
     param_with_axes,
+    qkv_projection,
 )
 
 START = 0  # the id each sequence starts from (seqio's pad id, t5x's decoder start)
@@ -50,22 +51,7 @@ class CausalSelfAttention(nn.Module):
     def __call__(self, x: jax.Array, cache: jax.Array, index: jax.Array):
         d_model = x.shape[-1]
         head_dim = d_model // self.num_heads
-        xavier = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3))
-        w_qkv = param_with_axes(
-            self,
-            "qkv_kernel",
-            xavier,
-            (d_model, 3, self.num_heads, head_dim),
-            ("embed", None, "heads", "kv"),
-        )
-        b_qkv = param_with_axes(
-            self,
-            "qkv_bias",
-            nn.initializers.zeros,
-            (3, self.num_heads, head_dim),
-            (None, "heads", "kv"),
-        )
-        qkv = jnp.einsum("bld,dthk->tbhlk", x, w_qkv) + b_qkv[:, None, :, None]
+        qkv = qkv_projection(self, x, self.num_heads)
         cache = jax.lax.dynamic_update_slice(
             cache, qkv[1:].astype(cache.dtype), (0, 0, 0, index, 0)
         )
