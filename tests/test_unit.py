@@ -121,3 +121,11 @@ def test_unit_demo_trains_and_imp_eval_reports_ap_and_vqa_accuracy(world_dir, tm
     rows = checkpoint_eval.format_table(summary).splitlines()
     ap50 = next(r for r in rows if r.startswith("digit_scenes_detection") and "AP50" in r)
     assert ap50.endswith("       -")  # AP has no chance level
+
+
+def test_the_unit_study_shares_steps_as_the_mixture_samples():
+    from imp.tasks import demo
+    from imp.training import studies
+
+    shares = {task: share for _, task, share, _ in studies._UNIT_TASKS}  # noqa: SLF001
+    assert shares == demo.UNIT_WEIGHTS
