@@ -19,6 +19,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+START = 0  # the id each sequence starts from (seqio's pad id, t5x's decoder start)
+EOS = 1  # the id that ends an answer (seqio's SentencePiece vocabularies)
 NEG_INF = -1.0e9  # a finite "impossible" score: -inf - -inf would be NaN
 
 Step = Callable[[jax.Array, object, jax.Array], tuple[jax.Array, object]]

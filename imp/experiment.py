@@ -507,8 +507,9 @@ def mixed_in_batch(tasks: list[TaskSpec], rates: list[float]) -> tuple[list[Task
     groups: dict[tuple, list[int]] = {}
     for i, spec in enumerate(tasks):
         if spec.objective == GENERATION:
-            key = (spec.modalities, tuple(spec.input_shapes().items()), spec.batch_size)
-            groups.setdefault(key + (spec.decoder_length, spec.vocab_size), []).append(i)
+            shapes = tuple(spec.input_shapes().items())
+            key = (shapes, spec.batch_size, spec.decoder_length, spec.vocab_size)
+            groups.setdefault(key, []).append(i)
     merged = {ids[0]: ids for ids in groups.values() if len(ids) > 1}
     validation.require(
         bool(merged),

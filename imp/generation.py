@@ -16,9 +16,9 @@ import numpy as np
 import seqio
 
 from imp import decoding
+from imp.decoding import EOS, START
 from imp.errors import ImpError
 from imp.modeling.model import ImpModel
-from imp.modeling.text_decoder import EOS, START
 from imp.tasks.spec import TaskSpec
 
 METHODS = ("greedy", "beam", "sample")

@@ -33,8 +33,8 @@ import tensorflow as tf
 
 from imp import validation
 from imp.data import dmvr, preprocessing
+from imp.decoding import EOS, START
 from imp.errors import ImpError
-from imp.modeling.text_decoder import EOS, START
 from imp.tasks import registry
 from imp.tasks.spec import (
     CLASSIFICATION,
@@ -267,10 +267,15 @@ def _shapes(dataset: Dataset, vocabulary) -> dict:
     )
 
 
+def _prompt_of(dataset: Dataset, suffix: str) -> str:
+    """A generation task's prompt: `Dataset.prompts`, else "<suffix>:"."""
+    return dataset.prompts.get(suffix, f"{suffix}:")
+
+
 def _prompt(dataset: Dataset, suffix: str, vocabulary) -> dict:
     """A generation task's prompt and its token ids before and after the question, checked to
     be spelt by the vocabulary."""
-    prompt = dataset.prompts.get(suffix, f"{suffix}:")
+    prompt = _prompt_of(dataset, suffix)
     where = f"{dataset.name}/Dataset.prompts['{suffix}'] = {prompt!r}"
     validation.require(
         isinstance(prompt, str) and prompt.count(PROMPT_TEXT) <= 1,
@@ -659,7 +664,7 @@ def _eval_example(element, source: Dataset, vocabulary) -> dict:
         (text == "captions" and "text" in m)
         or (
             objective == GENERATION
-            and (text == "captions" or PROMPT_TEXT in dataset.prompts.get(suffix, ""))
+            and (text == "captions" or PROMPT_TEXT in _prompt_of(dataset, suffix))
         )
         for suffix, (objective, m, text) in task_entries(dataset).items()
     )

@@ -14,9 +14,9 @@ from conftest import SHARED, TINY, small_run
 
 from imp import cli, config, generation, objectives
 from imp.data import demo_world, feeding
+from imp.decoding import EOS
 from imp.errors import ImpError
 from imp.evaluation import metrics
-from imp.modeling.text_decoder import EOS
 from imp.tasks import datasets
 
 DECODER = [

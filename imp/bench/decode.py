@@ -16,8 +16,9 @@ import numpy as np
 
 from imp import decoding
 from imp.bench import common
+from imp.decoding import START
 from imp.modeling.model import ImpModel, init_variables
-from imp.modeling.text_decoder import START, TextDecoder
+from imp.modeling.text_decoder import TextDecoder
 
 NEVER = -1  # an end id no token has
 

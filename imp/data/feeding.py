@@ -38,8 +38,8 @@ def _select_and_pad(keep: tuple[str, ...], length: int):
 def _labels_kept(spec: TaskSpec, with_labels: bool) -> tuple[str, ...]:
     if spec.objective == DETECTION:
         return ("object_labels", "object_boxes")
-    if spec.objective == GENERATION:  # training: the sequence; evaluation: the question
-        return ("decoder_tokens", "prompt_length", "label", "text")  # and the class name
+    if spec.objective == GENERATION:  # the sequence (training); the question, class (evaluation)
+        return ("decoder_tokens", "prompt_length", "text", "label")
     if spec.objective == "bce":
         return ("labels", "label") if with_labels else ("labels",)
     return ("label",) if with_labels or spec.objective == "softmax" else ()

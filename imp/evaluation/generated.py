@@ -6,6 +6,7 @@ import jax
 from imp import generation
 from imp.data import feeding
 from imp.errors import ImpError, did_you_mean
+from imp.evaluation import metrics
 from imp.evaluation.evaluator import Encoder, tasks_to_evaluate
 from imp.tasks.spec import GENERATION, TaskSpec
 
@@ -41,7 +42,7 @@ def generate(experiment, params, spec: TaskSpec, num: int, strategy) -> list[dic
     vocab = generation.vocabulary(spec)
     shown = []
     for batch in stream:
-        rows = len(batch["vision"]) if "vision" in batch else len(next(iter(batch.values())))
+        rows = len(next(iter(batch.values())))
         prompt_ids, lengths = generation.prompts(spec, batch.get("text"), rows)
         inputs = {m: batch[m] for m in spec.modalities}
         inputs |= {"prompt_ids": prompt_ids, "prompt_lengths": lengths}
@@ -66,7 +67,7 @@ def format_rows(spec: TaskSpec, strategy, rows: list[dict]) -> str:
     how = strategy.method + (f" ({strategy.beams} beams)" if strategy.method == "beam" else "")
     lines = [f"{spec.name}: {len(rows)} held-out examples of '{spec.eval_split}', {how}"]
     for row in rows:
-        mark = "=" if row["answer"] in row["references"] else " "
+        mark = "=" if metrics.exact_match([row["answer"]], [row["references"]]) else " "
         lines.append(
             f"{row['id']:>4} {mark} prompt {row['prompt']!r} -> {row['answer']!r}   "
             f"references {row['references']}"

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from imp import validation
+from imp.decoding import START
 from imp.errors import ImpError, did_you_mean
 from imp.modeling import embedders
 from imp.modeling.decoder import (
@@ -50,7 +51,7 @@ from imp.modeling.heads import (
 )
 from imp.modeling.moe import ROUTERS, MoeConfig, num_groups
 from imp.modeling.multiview import MultiviewEmbedder
-from imp.modeling.text_decoder import START, TextDecoder
+from imp.modeling.text_decoder import TextDecoder
 from imp.modeling.token_learner import VERSIONS as TOKEN_LEARNERS
 from imp.modeling.token_learner import TokenLearnerEncoder
 

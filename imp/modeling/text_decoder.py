@@ -36,9 +36,6 @@ from imp.modeling.layers import (
     qkv_projection,
 )
 
-START = 0  # the id each sequence starts from (seqio's pad id, t5x's decoder start)
-EOS = 1  # the id that ends an answer (seqio's SentencePiece vocabularies)
-
 
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention of `x` `[batch, t, embed]` at positions `index .. index +
